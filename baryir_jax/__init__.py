@@ -1,0 +1,3 @@
+"""BaryIR in JAX/Flax: all-in-one image restoration in a learned Wasserstein barycenter space."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,74 @@
+"""Model checkpoints: the restorer (and optionally potential) parameters plus the model configuration.
+
+A model checkpoint is a directory with ``model_config.json`` (the keyword arguments of :class:`BaryNet` and of
+:class:`Potentials`) and ``params/``, an orbax checkpoint of ``{'barynet': …, 'potentials': … or absent}``.
+``baryir-convert`` writes it; evaluation, restoration and fine-tuning read it.
+"""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+
+from baryir_jax.models.barynet import BaryNet
+from baryir_jax.models.potentials import Potentials
+
+CONFIG_FILE = "model_config.json"
+PARAMS_DIR = "params"
+
+
+def save_model_checkpoint(directory: str, barynet_params, barynet_config: dict[str, Any],
+                          potentials_params=None, potentials_config: dict[str, Any] | None = None,
+                          extra: dict[str, Any] | None = None) -> str:
+    directory = os.path.abspath(directory)
+    os.makedirs(directory, exist_ok=True)
+    params_dir = os.path.join(directory, PARAMS_DIR)
+    if os.path.exists(params_dir):
+        raise FileExistsError(f"{params_dir} already exists: choose an empty output directory")
+    tree = {"barynet": barynet_params}
+    if potentials_params is not None:
+        tree["potentials"] = potentials_params
+    tree = jax.tree.map(np.asarray, tree)
+    with ocp.StandardCheckpointer() as ckptr:
+        ckptr.save(params_dir, tree)
+        ckptr.wait_until_finished()
+    meta = {"barynet": _jsonable(barynet_config), "potentials": _jsonable(potentials_config)}
+    if extra:
+        meta["extra"] = extra
+    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
+        json.dump(meta, f, indent=2)
+    return directory
+
+
+def load_model_checkpoint(directory: str):
+    """Returns ``(barynet, barynet_params, potentials or None, potentials_params or None, meta)``."""
+    directory = os.path.abspath(directory)
+    cfg_path = os.path.join(directory, CONFIG_FILE)
+    params_dir = os.path.join(directory, PARAMS_DIR)
+    if not os.path.isfile(cfg_path) or not os.path.isdir(params_dir):
+        raise FileNotFoundError(
+            f"{directory} is not a model checkpoint: it needs {CONFIG_FILE} and {PARAMS_DIR}/ (written by "
+            "baryir-convert or by training's model export)")
+    with open(cfg_path) as f:
+        meta = json.load(f)
+    with ocp.StandardCheckpointer() as ckptr:
+        tree = ckptr.restore(params_dir)
+    barynet = BaryNet(**_module_kwargs(meta["barynet"]))
+    pots = None
+    if meta.get("potentials") and "potentials" in tree:
+        pots = Potentials(**meta["potentials"])
+    return barynet, tree["barynet"], pots, tree.get("potentials"), meta
+
+
+def _jsonable(cfg):
+    if cfg is None:
+        return None
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items()}
+
+
+def _module_kwargs(cfg):
+    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in cfg.items()}

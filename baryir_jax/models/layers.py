@@ -1,0 +1,195 @@
+"""Restormer building blocks in Flax Linen, NHWC, computing what the official PyTorch blocks compute.
+
+Parameter names follow the official state-dict names (``qkv``, ``qkv_dwconv``, ``project_out``, ``norm1`` …) so
+that the converter is a mechanical renaming. Conv kernels are HWIO; every convolution is bias-free by default.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Dtype = Any
+
+# PyTorch's default init for Conv2d/Linear weights (kaiming_uniform with a=sqrt(5)) is U(±1/sqrt(fan_in)).
+torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def torch_default_bias_init(fan_in: int):
+    """PyTorch's Linear/Conv bias init: U(±1/sqrt(fan_in))."""
+    bound = 1.0 / max(fan_in, 1) ** 0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+def pixel_unshuffle(x: jax.Array, r: int = 2) -> jax.Array:
+    """NHWC pixel unshuffle in PyTorch's channel order: out channel c*r*r + i*r + j <- pixel (r*h+i, r*w+j)."""
+    b, h, w, c = x.shape
+    x = x.reshape(b, h // r, r, w // r, r, c)  # b, h', i, w', j, c
+    x = x.transpose(0, 1, 3, 5, 2, 4)  # b, h', w', c, i, j
+    return x.reshape(b, h // r, w // r, c * r * r)
+
+
+def pixel_shuffle(x: jax.Array, r: int = 2) -> jax.Array:
+    """NHWC pixel shuffle, the inverse of :func:`pixel_unshuffle` (PyTorch's order)."""
+    b, h, w, c = x.shape
+    co = c // (r * r)
+    x = x.reshape(b, h, w, co, r, r)  # b, h, w, c, i, j
+    x = x.transpose(0, 1, 4, 2, 5, 3)  # b, h, i, w, j, c
+    return x.reshape(b, h * r, w * r, co)
+
+
+def conv2d(x, features: int, kernel_size: int = 1, *, stride: int = 1, padding: int = 0, groups: int = 1,
+           use_bias: bool = False, dtype: Dtype = jnp.float32, name: str,
+           kernel_init: Any = torch_default_kernel_init):
+    """A 2-D convolution with PyTorch's semantics (symmetric explicit padding, default init), applied to ``x``.
+
+    Must be called inside a compact Flax method; the parameters are ``{name}/kernel`` (HWIO) and, with
+    ``use_bias``, ``{name}/bias``.
+    """
+    k, p = kernel_size, padding
+    return nn.Conv(
+        features,
+        (k, k),
+        strides=(stride, stride),
+        padding=((p, p), (p, p)),
+        feature_group_count=groups,
+        use_bias=use_bias,
+        dtype=dtype,
+        kernel_init=kernel_init,
+        bias_init=torch_default_bias_init(x.shape[-1] // groups * k * k),
+        name=name,
+    )(x)
+
+
+class LayerNorm(nn.Module):
+    """Restormer's per-pixel LayerNorm over channels: two-pass biased variance, eps 1e-5.
+
+    ``with_bias=True`` is Restormer's ``WithBias_LayerNorm`` (centred, weight and bias); ``False`` is its
+    ``BiasFree_LayerNorm``, which divides by the standard deviation without subtracting the mean. Statistics
+    are computed in float32 whatever the compute dtype.
+    """
+
+    with_bias: bool = True
+    eps: float = 1e-5
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        c = x.shape[-1]
+        weight = self.param("weight", nn.initializers.ones, (c,), jnp.float32)
+        xf = x.astype(jnp.float32)
+        mu = jnp.mean(xf, axis=-1, keepdims=True)
+        var = jnp.mean(jnp.square(xf - mu), axis=-1, keepdims=True)
+        inv = jax.lax.rsqrt(var + self.eps)
+        if self.with_bias:
+            bias = self.param("bias", nn.initializers.zeros, (c,), jnp.float32)
+            y = (xf - mu) * inv * weight + bias
+        else:
+            y = xf * inv * weight
+        return y.astype(self.dtype)
+
+
+def _l2_normalize(x, axis):
+    # torch.nn.functional.normalize: x / max(||x||_2, 1e-12)
+    norm = jnp.sqrt(jnp.sum(jnp.square(x), axis=axis, keepdims=True))
+    return x / jnp.maximum(norm, 1e-12)
+
+
+class MDTA(nn.Module):
+    """Multi-Dconv-head transposed attention: attention across channels, per head, with a learnable temperature."""
+
+    dim: int
+    num_heads: int
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        b, h, w, c = x.shape
+        if c % self.num_heads:
+            raise ValueError(f"MDTA: {c} channels are not divisible by {self.num_heads} heads")
+        temperature = self.param("temperature", nn.initializers.ones, (self.num_heads,), jnp.float32)
+        qkv = conv2d(x, 3 * c, 1, use_bias=self.use_bias, dtype=self.dtype, name="qkv")
+        qkv = conv2d(qkv, 3 * c, 3, padding=1, groups=3 * c, use_bias=self.use_bias, dtype=self.dtype,
+                     name="qkv_dwconv")
+        q, k, v = jnp.split(qkv, 3, axis=-1)
+        ch = c // self.num_heads
+
+        def heads(t):  # 'b h w (head c) -> b head c (h w)'
+            return t.reshape(b, h * w, self.num_heads, ch).transpose(0, 2, 3, 1)
+
+        q, k, v = heads(q), heads(k), heads(v)
+        q = _l2_normalize(q.astype(jnp.float32), -1)
+        k = _l2_normalize(k.astype(jnp.float32), -1)
+        attn = jnp.einsum("bncx,bndx->bncd", q, k) * temperature[None, :, None, None]
+        attn = jax.nn.softmax(attn, axis=-1).astype(self.dtype)
+        out = jnp.einsum("bncd,bndx->bncx", attn, v.astype(self.dtype))
+        out = out.transpose(0, 3, 1, 2).reshape(b, h, w, c)  # 'b head c (h w) -> b h w (head c)'
+        return conv2d(out, c, 1, use_bias=self.use_bias, dtype=self.dtype, name="project_out")
+
+
+class GDFN(nn.Module):
+    """Gated-Dconv feed-forward network with the exact (erf) GELU."""
+
+    dim: int
+    ffn_expansion_factor: float = 2.66
+    use_bias: bool = False
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        hidden = int(self.dim * self.ffn_expansion_factor)
+        x = conv2d(x, 2 * hidden, 1, use_bias=self.use_bias, dtype=self.dtype, name="project_in")
+        x = conv2d(x, 2 * hidden, 3, padding=1, groups=2 * hidden, use_bias=self.use_bias, dtype=self.dtype,
+                   name="dwconv")
+        x1, x2 = jnp.split(x, 2, axis=-1)
+        x = jax.nn.gelu(x1, approximate=False) * x2
+        return conv2d(x, self.dim, 1, use_bias=self.use_bias, dtype=self.dtype, name="project_out")
+
+
+class TransformerBlock(nn.Module):
+    """x + MDTA(LN(x)), then x + GDFN(LN(x))."""
+
+    dim: int
+    num_heads: int
+    ffn_expansion_factor: float = 2.66
+    use_bias: bool = False
+    layernorm_with_bias: bool = True
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        if x.shape[-1] != self.dim:
+            raise ValueError(f"TransformerBlock({self.dim}) got {x.shape[-1]} channels")
+        ln = lambda name: LayerNorm(self.layernorm_with_bias, dtype=self.dtype, name=name)  # noqa: E731
+        x = x + MDTA(self.dim, self.num_heads, self.use_bias, self.dtype, name="attn")(ln("norm1")(x))
+        x = x + GDFN(self.dim, self.ffn_expansion_factor, self.use_bias, self.dtype, name="ffn")(ln("norm2")(x))
+        return x
+
+
+class Downsample(nn.Module):
+    """conv3x3(n -> n/2) then pixel unshuffle: 2n channels at half resolution."""
+
+    n_feat: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        return pixel_unshuffle(conv2d(x, self.n_feat // 2, 3, padding=1, dtype=self.dtype, name="body_0"))
+
+
+class Upsample(nn.Module):
+    """conv3x3(n -> 2n) then pixel shuffle: n/2 channels at double resolution."""
+
+    n_feat: int
+    dtype: Dtype = jnp.float32
+
+    @nn.compact
+    def __call__(self, x):
+        return pixel_shuffle(conv2d(x, self.n_feat * 2, 3, padding=1, dtype=self.dtype, name="body_0"))

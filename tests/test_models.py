@@ -1,0 +1,91 @@
+"""Model structure: parameter counts at full size (eval_shape only), shapes, errors, layers against PyTorch."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from baryir_jax.models import BaryNet, Potentials, pixel_shuffle, pixel_unshuffle
+from baryir_jax.models.layers import LayerNorm
+
+TINY = dict(dim=16, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 2, 2))
+
+
+def _count(tree):
+    return sum(x.size for x in jax.tree.leaves(tree))
+
+
+def test_full_size_parameter_counts_without_compiling():
+    shapes = jax.eval_shape(lambda: BaryNet().init(jax.random.key(0), jnp.zeros((1, 128, 128, 3))))
+    assert _count(shapes["params"]) == 53_549_774  # official count without its unused convs
+    assert _count(shapes["params"]["barylatent_7"]) > 0 and "barylatent_8" not in shapes["params"]
+    pots = jax.eval_shape(lambda: Potentials(3).init(jax.random.key(0), jnp.zeros((1, 16, 16, 384))))
+    assert sorted(pots["params"]) == ["potential_0", "potential_1", "potential_2"]
+    assert _count(pots["params"]["potential_0"]) == 10_126_977
+    p144 = jax.eval_shape(lambda: Potentials(1, patch_size=144).init(jax.random.key(0), jnp.zeros((1, 18, 18, 384))))
+    assert _count(p144["params"]) == 23_785_953
+
+
+def test_full_size_output_shapes():
+    m = BaryNet()
+    params = jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
+    out = jax.eval_shape(lambda p: m.apply(p, jnp.zeros((2, 64, 96, 3))), params)
+    assert out.restored.shape == (2, 64, 96, 3)
+    assert out.z.shape == out.b.shape == out.r.shape == (2, 8, 12, 384)
+
+
+@pytest.mark.parametrize("dim", [16, 24])
+def test_other_widths_are_consistent(dim):
+    m = BaryNet(**{**TINY, "dim": dim})
+    x = jnp.asarray(np.random.default_rng(0).uniform(0, 1, (1, 16, 16, 3)), jnp.float32)
+    params = m.init(jax.random.key(0), x)
+    out = m.apply(params, x)
+    assert out.restored.shape == x.shape and out.b.shape == (1, 2, 2, 8 * dim)
+    np.testing.assert_allclose(np.asarray(out.r), np.asarray(out.z - out.b), atol=1e-6)
+    # b is LayerNorm'ed over channels with the (initial) unit scale and zero bias
+    np.testing.assert_allclose(np.asarray(out.b.mean(-1)), 0, atol=1e-4)
+
+
+def test_bary_blocks_configurable():
+    p = jax.eval_shape(lambda: BaryNet(**TINY, bary_blocks=3).init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))
+    assert {k for k in p["params"] if k.startswith("barylatent")} == {"barylatent_0", "barylatent_1", "barylatent_2"}
+
+
+def test_bad_input_shapes_get_clear_errors():
+    m = BaryNet(**TINY)
+    with pytest.raises(ValueError, match="divisible by 8, got 20x16"):
+        jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 20, 16, 3))))
+    with pytest.raises(ValueError, match="NHWC input with 3 channels"):
+        jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 3, 16, 16))))
+    with pytest.raises(ValueError, match="tied to the training patch size"):
+        jax.eval_shape(lambda: Potentials(2, channels=8, patch_size=64).init(jax.random.key(0),
+                                                                           jnp.zeros((1, 4, 4, 8))))
+
+
+def test_bf16_compute_keeps_fp32_params_and_stays_close():
+    x = jnp.asarray(np.random.default_rng(1).uniform(0, 1, (1, 16, 16, 3)), jnp.float32)
+    params = BaryNet(**TINY).init(jax.random.key(0), x)
+    assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(params))
+    ref = BaryNet(**TINY).apply(params, x)
+    low = BaryNet(**TINY, dtype=jnp.bfloat16).apply(params, x)
+    assert low.restored.dtype == jnp.float32 and low.b.dtype == jnp.bfloat16
+    err = float(jnp.max(jnp.abs(low.restored - ref.restored)))
+    assert 0 < err < 0.1
+
+
+def test_pixel_shuffle_matches_pytorch_channel_order():
+    torch = pytest.importorskip("torch")
+    x = np.random.default_rng(0).normal(size=(2, 4, 6, 12)).astype(np.float32)  # NHWC
+    ref = torch.nn.functional.pixel_unshuffle(torch.from_numpy(x).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+    np.testing.assert_array_equal(np.asarray(pixel_unshuffle(jnp.asarray(x))), ref.numpy())
+    ref = torch.nn.functional.pixel_shuffle(torch.from_numpy(x).permute(0, 3, 1, 2), 2).permute(0, 2, 3, 1)
+    np.testing.assert_array_equal(np.asarray(pixel_shuffle(jnp.asarray(x))), ref.numpy())
+    np.testing.assert_array_equal(np.asarray(pixel_shuffle(pixel_unshuffle(jnp.asarray(x)))), x)
+
+
+def test_layernorm_two_pass_variance_is_exact_for_offset_inputs():
+    # a large channel mean relative to the spread breaks E[x²]−E[x]² in float32; the two-pass form does not
+    x = (300.0 + np.random.default_rng(0).normal(size=(1, 4, 4, 48)) * 0.1).astype(np.float32)
+    y = LayerNorm().apply({"params": {"weight": jnp.ones(48), "bias": jnp.zeros(48)}}, jnp.asarray(x))
+    xd = x.astype(np.float64)
+    ref = (xd - xd.mean(-1, keepdims=True)) / np.sqrt(xd.var(-1, keepdims=True) + 1e-5)
+    assert np.max(np.abs(np.asarray(y) - ref)) < 1e-2  # E[x²]−E[x]² in float32 is off by > 10 here
