@@ -1,0 +1,1 @@
+"""Speed and memory figures as JSON lines (`python -m baryir_jax.bench.<name>`)."""
