@@ -53,6 +53,10 @@ def conv2d(x, features: int, kernel_size: int = 1, *, stride: int = 1, padding: 
     ``use_bias``, ``{name}/bias``.
     """
     k, p = kernel_size, padding
+    if groups == x.shape[-1] == features and stride == 1 and 2 * p == k - 1 and not use_bias:
+        return DepthwiseConv(k, dtype=dtype, kernel_init=kernel_init, name=name)(x)
+    if k == 1 and p == 0 and stride == 1 and groups == 1 and not use_bias:
+        return PointwiseConv(features, dtype=dtype, kernel_init=kernel_init, name=name)(x)
     return nn.Conv(
         features,
         (k, k),
@@ -65,6 +69,61 @@ def conv2d(x, features: int, kernel_size: int = 1, *, stride: int = 1, padding: 
         bias_init=torch_default_bias_init(x.shape[-1] // groups * k * k),
         name=name,
     )(x)
+
+
+class PointwiseConv(nn.Module):
+    """A bias-free 1×1 convolution computed as a matrix product over channels (kernel (1, 1, Cin, Cout) as
+    ``nn.Conv``'s). XLA:CPU computes the kernel gradient of a 1×1 ``conv`` ~20× slower than that of the matmul."""
+
+    features: int
+    dtype: Dtype = jnp.float32
+    kernel_init: Any = torch_default_kernel_init
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", self.kernel_init, (1, 1, x.shape[-1], self.features), jnp.float32)
+        return jnp.einsum("bhwc,cd->bhwd", x.astype(self.dtype), kernel[0, 0].astype(self.dtype))
+
+
+class DepthwiseConv(nn.Module):
+    """A bias-free k×k depthwise convolution with 'same' padding; kernel (k, k, 1, C) as ``nn.Conv``'s.
+
+    XLA's CPU backend runs grouped convolutions (and their gradients) far slower than everything else in
+    Restormer, so on CPU it is computed as a sum of k² shifted, channel-scaled copies of the input, which XLA
+    fuses into one loop; other backends use the native grouped convolution. Same function either way.
+    """
+
+    kernel_size: int = 3
+    dtype: Dtype = jnp.float32
+    kernel_init: Any = torch_default_kernel_init
+
+    @nn.compact
+    def __call__(self, x):
+        k, c = self.kernel_size, x.shape[-1]
+        kernel = self.param("kernel", self.kernel_init, (k, k, 1, c), jnp.float32).astype(self.dtype)
+        x = x.astype(self.dtype)
+        if jax.default_backend() != "cpu":
+            p = (k - 1) // 2
+            return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((p, p), (p, p)),
+                                                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+        return _depthwise_same(x, kernel[:, :, 0, :])
+
+
+def _shifted_sum(xp, kernel, h, w):
+    k = kernel.shape[0]
+    out = None
+    for i in range(k):
+        for j in range(k):
+            term = xp[:, i:i + h, j:j + w, :] * kernel[i, j]
+            out = term if out is None else out + term
+    return out
+
+
+def _depthwise_same(x, kernel):
+    """Depthwise 'same' convolution (cross-correlation, as conv2d) of NHWC ``x`` with a (k, k, C) kernel."""
+    k = kernel.shape[0]
+    p = (k - 1) // 2
+    return _shifted_sum(jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))), kernel, x.shape[1], x.shape[2])
 
 
 class LayerNorm(nn.Module):
@@ -120,17 +179,13 @@ class MDTA(nn.Module):
                      name="qkv_dwconv")
         q, k, v = jnp.split(qkv, 3, axis=-1)
         ch = c // self.num_heads
-
-        def heads(t):  # 'b h w (head c) -> b head c (h w)'
-            return t.reshape(b, h * w, self.num_heads, ch).transpose(0, 2, 3, 1)
-
-        q, k, v = heads(q), heads(k), heads(v)
-        q = _l2_normalize(q.astype(jnp.float32), -1)
-        k = _l2_normalize(k.astype(jnp.float32), -1)
-        attn = jnp.einsum("bncx,bndx->bncd", q, k) * temperature[None, :, None, None]
+        # 'b h w (head c) -> b (h w) head c'; attention over channels, per head, summing over pixels x
+        q, k, v = (t.reshape(b, h * w, self.num_heads, ch) for t in (q, k, v))
+        q = _l2_normalize(q.astype(jnp.float32), 1)
+        k = _l2_normalize(k.astype(jnp.float32), 1)
+        attn = jnp.einsum("bxnc,bxnd->bncd", q, k) * temperature[None, :, None, None]
         attn = jax.nn.softmax(attn, axis=-1).astype(self.dtype)
-        out = jnp.einsum("bncd,bndx->bncx", attn, v.astype(self.dtype))
-        out = out.transpose(0, 3, 1, 2).reshape(b, h, w, c)  # 'b head c (h w) -> b h w (head c)'
+        out = jnp.einsum("bncd,bxnd->bxnc", attn, v.astype(self.dtype)).reshape(b, h, w, c)
         return conv2d(out, c, 1, use_bias=self.use_bias, dtype=self.dtype, name="project_out")
 
 
