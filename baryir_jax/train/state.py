@@ -1,0 +1,97 @@
+"""The train state: both players' parameters and optimizer states, the step and the RNG, as one pytree."""
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from baryir_jax.models import BaryNet, Potentials
+from baryir_jax.transport.game import GameState
+
+PyTree = Any
+
+
+class TrainState(NamedTuple):
+    step: jax.Array              # int32 scalar: completed outer iterations
+    rng: jax.Array               # uint32[2] raw PRNG key data (saveable)
+    restorer: PyTree             # BaryNet params
+    potentials: PyTree           # Potentials params: {'potential_0': …}
+    restorer_opt: PyTree         # optax state of the restorer's RMSprop
+    potentials_opt: PyTree       # optax state of the potentials' RMSprop
+
+    def game(self) -> GameState:
+        return GameState(self.restorer, self.potentials, self.restorer_opt, self.potentials_opt)
+
+    def with_game(self, g: GameState, **kw) -> "TrainState":
+        return self._replace(restorer=g.map_params, potentials=g.pot_params, restorer_opt=g.map_opt_state,
+                             potentials_opt=g.pot_opt_state, **kw)
+
+
+def barynet_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
+    m = config.model
+    kw = dict(dim=int(m.dim), num_blocks=tuple(int(x) for x in m.num_blocks),
+              num_refinement_blocks=int(m.num_refinement_blocks), heads=tuple(int(x) for x in m.heads),
+              ffn_expansion_factor=float(m.ffn_expansion_factor),
+              bary_blocks=None if int(m.bary_blocks) < 0 else int(m.bary_blocks),
+              residual_scale=float(m.residual_scale))
+    if any(kw["dim"] * 2 ** i % h for i, h in enumerate(kw["heads"])):
+        raise ValueError(f"config.model: every level's width dim·2^i must divide by its heads; got dim {kw['dim']}, "
+                         f"heads {kw['heads']}")
+    return kw
+
+
+def compute_dtype(config) -> Any:
+    if config.dtype not in ("float32", "bfloat16"):
+        raise ValueError(f"config.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
+    return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
+
+
+def build_models(config, num_potentials: int) -> tuple[BaryNet, Potentials]:
+    barynet = BaryNet(**barynet_kwargs(config), dtype=compute_dtype(config))
+    potentials = Potentials(num_potentials=num_potentials, channels=8 * int(config.model.dim),
+                            patch_size=int(config.data.patch_size))
+    return barynet, potentials
+
+
+def lr_schedule(config, steps_per_epoch: int, updates_per_step: int = 1, base: float | None = None):
+    """LR as a function of an optimizer's update count: ``base · decay_factor^⌊epoch / decay_every_epochs⌋``.
+
+    ``updates_per_step``: optimizer updates per training step (2 for the potentials' official two-step update),
+    so that both players change LR at the same training step.
+    """
+    o = config.optim
+    base = float(o.lr if base is None else base)
+    every = max(int(o.decay_every_epochs), 1) * max(int(steps_per_epoch), 1)
+    factor = float(o.decay_factor)
+
+    def lr(count):
+        return base * factor ** ((count // updates_per_step) // every)
+
+    return lr
+
+
+def make_optimizers(config, steps_per_epoch: int, potential_updates_per_step: int):
+    """Two RMSprops equal to PyTorch's (decay 0.99, eps 1e-8 outside the square root), with step-decayed LRs."""
+    o = config.optim
+
+    def tx(base, per_step):
+        return optax.rmsprop(lr_schedule(config, steps_per_epoch, per_step, base), decay=float(o.rmsprop_decay),
+                             eps=float(o.eps), eps_in_sqrt=False)
+
+    return tx(o.lr, 1), tx(o.potentials_lr, potential_updates_per_step)
+
+
+def init_state(config, barynet: BaryNet, potentials: Potentials, restorer_tx, potentials_tx,
+               restorer_params=None) -> TrainState:
+    rng = jax.random.PRNGKey(int(config.seed))
+    rng, k_model, k_pot = jax.random.split(rng, 3)
+    p = int(config.data.patch_size)
+    if restorer_params is None:
+        restorer_params = barynet.init(k_model, jnp.zeros((1, p, p, 3), jnp.float32))["params"]
+    side = p // 8
+    pot_params = potentials.init(k_pot, jnp.zeros((1, side, side, potentials.channels), jnp.float32))["params"]
+    return TrainState(jnp.zeros((), jnp.int32), rng, restorer_params, pot_params, restorer_tx.init(restorer_params),
+                      potentials_tx.init(pot_params))
