@@ -117,7 +117,7 @@ class Experiment:
         if gb % int(config.train.grad_accum_steps):
             raise ValueError(f"config.data.batch_size={gb} must be divisible by config.train.grad_accum_steps="
                              f"{config.train.grad_accum_steps}")
-        self.data_dir = resolve_data_dir(config, workdir)
+        self.data_dir = resolve_data_dir(config, workdir) if with_data else config.data.data_dir
         self.multipliers = _parse_multipliers(config.data.multipliers)
         if with_data:
             if config.data.collection == "embedded":
