@@ -238,9 +238,23 @@ def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
 def _save(mngr, step, state, data_iter, metrics_host=None):
     if metrics_host is not None and not bool(metrics_host.get("finite", True)):
         return False
+    # The save finishes in the background while the next steps run, and the step donates its input state:
+    # save a copy, so that a donated buffer (aliased by the host copy on CPU) is never what gets written.
+    state = jax.tree.map(jnp.copy, state)
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
                                             data_iter=grain.checkpoint.CheckpointSave(data_iter)))
     return True
+
+
+def _barrier(name: str, timeout_s: int = 1800) -> None:
+    """Wait for every process at the coordination service. The first cross-process collective on CPU (gloo)
+    gives up after 30 s, and processes can be minutes apart after data preparation and initialisation."""
+    if jax.process_count() == 1:
+        return
+    from jax._src import distributed
+    client = distributed.global_state.client
+    if client is not None:
+        client.wait_at_barrier(name, timeout_s * 1000)
 
 
 def _write_config(config, workdir):
@@ -268,6 +282,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = place_replicated(state, state_sharding)
     data_iter = iter(exp.pipeline())
 
+    _barrier("baryir_jax: processes ready")  # before the first collective (the checkpoint manager's)
     mngr = _checkpoint_manager(workdir, config)
     start = 0
     if mngr.latest_step() is not None:
@@ -295,9 +310,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     last_metrics: dict[str, Any] = {}
     step = start
     with _Preemption() as preempt, jax.set_mesh(mesh):
+        compiled = None
         while step < exp.num_steps:
             batch = host_batch_to_global(next(data_iter), mesh)
-            state, metrics = jstep(state, batch)
+            if compiled is None:  # compile first, then meet the other processes before the first collective
+                compiled = jstep.lower(state, batch).compile()
+                _barrier("baryir_jax: step compiled")
+            state, metrics = compiled(state, batch)
             step += 1
             acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
             n_acc += 1
