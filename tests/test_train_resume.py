@@ -52,11 +52,16 @@ def _run(cmd, env, timeout=600):
 
 
 def _final_params(workdir):
+    """The newest checkpoint's train state, read onto this process's first device (whatever devices wrote it)."""
+    import jax
     import orbax.checkpoint as ocp
     ckpt = os.path.join(workdir, "checkpoints")
-    with ocp.CheckpointManager(ckpt, item_names=("state", "data_iter")) as mngr:
+    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    with ocp.CheckpointManager(ckpt, item_handlers={"state": ocp.StandardCheckpointHandler()}) as mngr:
         step = mngr.latest_step()
-        state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))["state"]
+        meta = mngr.item_metadata(step)["state"]
+        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
+        state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
     return step, state
 
 
@@ -156,8 +161,10 @@ def test_two_processes_match_one_process(tmp_path, data_dir, cache_dir):
         assert abs(l1[s][k] - l2[s][k]) <= 1e-5 * max(abs(l1[s][k]), 1.0), (s, k, l1[s][k], l2[s][k])
     _, a = _final_params(str(tmp_path / "one"))
     _, b = _final_params(multi_dir)
-    d = np.concatenate([np.abs(np.asarray(x) - np.asarray(y)).ravel() for x, y in zip(_leaves(a), _leaves(b))])
-    assert np.mean(d > 3e-3) < 1e-4 and d.max() <= 6e-2  # lr 1e-3 in the demo; see test_train_step for why
+    params = lambda st: _leaves([st["restorer"], st["potentials"]])  # noqa: E731  (not the optimizer moments)
+    d = np.concatenate([np.abs(np.asarray(x) - np.asarray(y)).ravel() for x, y in zip(params(a), params(b))])
+    lr = 2e-4  # configs/demo.py
+    assert np.mean(d > 3 * lr) <= 1e-2 and d.max() <= 3 * 20 * lr  # see test_train_step for the bounds
 
 
 def test_unknown_override_names_the_key(tmp_path):
