@@ -29,6 +29,7 @@ from baryir_jax.data import pipeline as data_pipeline
 from baryir_jax.data import sources as data_sources
 from baryir_jax.data.to_mesh import host_batch_to_global
 from baryir_jax.evaluate import metrics as eval_metrics
+from baryir_jax.evaluate.restore import restore_float
 from baryir_jax.models.io import load_model_checkpoint, save_model_checkpoint
 from baryir_jax.train import state as state_lib
 from baryir_jax.train import step as step_lib
@@ -183,14 +184,6 @@ def load_restorer_params(directory: str, barynet) -> Any:
 
 # ------------------------------------------------------------------------------------------------ validation
 
-def pad_to_multiple(x: np.ndarray, m: int = 8) -> tuple[np.ndarray, tuple[int, int]]:
-    h, w = x.shape[:2]
-    ph, pw = (-h) % m, (-w) % m
-    if ph or pw:
-        x = np.pad(x, ((0, ph), (0, pw), (0, 0)), mode="reflect" if min(h, w) > max(ph, pw) else "edge")
-    return x, (h, w)
-
-
 def validate(apply_fn, params, examples, *, collect_images: int = 0):
     """Per-image PSNR/SSIM of restored and degraded inputs (uint8, official protocol) on whole images.
 
@@ -199,8 +192,8 @@ def validate(apply_fn, params, examples, *, collect_images: int = 0):
     """
     rows, images = [], []
     for ex in examples:
-        x, (h, w) = pad_to_multiple(ex.degraded.astype(np.float32) / 255.0)
-        restored = eval_metrics.quantize_np(np.asarray(apply_fn(params, x[None]))[0, :h, :w])
+        x = ex.degraded.astype(np.float32) / 255.0
+        restored = eval_metrics.quantize_np(restore_float(lambda batch: apply_fn(params, batch), x, tile=0))
         rows.append(dict(name=ex.name, psnr=float(eval_metrics.psnr(restored, ex.clean)),
                          ssim=float(eval_metrics.ssim(restored, ex.clean)),
                          psnr_input=float(eval_metrics.psnr(ex.degraded, ex.clean)),
