@@ -34,8 +34,10 @@ def bench_jax(config_path: str, dtype: str, batch: int, patch: int, steps: int, 
     config.dtype = dtype
     config.data.batch_size = batch * jax.device_count()
     config.data.patch_size = patch
+    t_init = time.perf_counter()
     exp = Experiment(config, workdir=".", with_data=False)
     state = exp.init_state()
+    print(f"[bench] {dtype}: state initialised in {time.perf_counter() - t_init:.1f}s", file=sys.stderr, flush=True)
     jstep, sharding = step_lib.jit_train_step(exp.train_step, exp.mesh, state)
     state = jax.device_put(state, sharding)
     rng = np.random.default_rng(0)
@@ -49,9 +51,11 @@ def bench_jax(config_path: str, dtype: str, batch: int, patch: int, steps: int, 
     t0 = time.perf_counter()
     compiled = jstep.lower(state, batch_arr).compile()
     compile_s = time.perf_counter() - t0
+    print(f"[bench] {dtype}: compiled in {compile_s:.1f}s", file=sys.stderr, flush=True)
     for _ in range(warmup):
         state, m = compiled(state, batch_arr)
     jax.block_until_ready(state)
+    print(f"[bench] {dtype}: warm-up done", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
     for _ in range(steps):
         state, m = compiled(state, batch_arr)
@@ -68,8 +72,13 @@ def bench_jax(config_path: str, dtype: str, batch: int, patch: int, steps: int, 
                 finite=bool(m["finite"]), jax=jax.__version__)
 
 
-def bench_official(repo: str, batch: int, patch: int, steps: int, warmup: int, num_potentials: int = 3) -> dict:
-    """One official training iteration (trainer_bary.py's order of operations), timed in PyTorch."""
+def bench_official(repo: str, batch: int, patch: int, steps: int, warmup: int, num_potentials: int = 3,
+                   autocast_bf16: bool = False) -> dict:
+    """One official training iteration (trainer_bary.py's order of operations), timed in PyTorch.
+
+    ``autocast_bf16`` runs the forward passes under ``torch.autocast(bfloat16)`` (the official code has no mixed
+    precision; this is only the nearest PyTorch counterpart of our ``dtype=bfloat16``)."""
+    import contextlib
     import torch
     import torch.nn.functional as F
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "fixtures"))
@@ -85,10 +94,17 @@ def bench_official(repo: str, batch: int, patch: int, steps: int, warmup: int, n
     y = torch.rand(batch, 3, patch, patch, device=dev)
     de = [i % num_potentials for i in range(batch)]
 
+    def amp():
+        if not autocast_bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=dev.type, dtype=torch.bfloat16)
+
     def iteration():
         for p in pots.parameters():
             p.requires_grad_(False)
-        out, z, b, r = net(x)
+        with amp():
+            out, z, b, r = net(x)
+        out, z, b, r = out.float(), z.float(), b.float(), r.float()
         loss = 1e4 * F.l1_loss(out, y)
         zf, bf, rf = z.flatten(1), b.flatten(1), r.flatten(1)
         bh, rh = F.normalize(bf, dim=1), F.normalize(rf, dim=1)
@@ -106,8 +122,9 @@ def bench_official(repo: str, batch: int, patch: int, steps: int, warmup: int, n
         opt_g.step()
         for p in pots.parameters():
             p.requires_grad_(True)
-        with torch.no_grad():
+        with torch.no_grad(), amp():
             _, _, b2, _ = net(x)
+        b2 = b2.float()
         lf = sum(lam[de[i]] * pots(b2[i], de[i]).squeeze() for i in range(batch)) / batch
         opt_f.zero_grad()
         lf.backward()
@@ -129,7 +146,7 @@ def bench_official(repo: str, batch: int, patch: int, steps: int, warmup: int, n
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
     peak = torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == "cuda" else _peak_rss_mb()
-    return dict(impl="pytorch-official", dtype="float32", device=str(dev), batch=batch, patch=patch,
+    return dict(impl="pytorch-official", dtype="bfloat16-autocast" if autocast_bf16 else "float32", device=str(dev), batch=batch, patch=patch,
                 seconds_per_step=round(dt, 4), images_per_s=round(batch / dt, 3), peak_memory_mb=round(peak, 1),
                 peak_memory_kind="device" if dev.type == "cuda" else "process_rss", torch=torch.__version__,
                 threads=torch.get_num_threads())
@@ -166,8 +183,9 @@ def main(argv=None):
     p.add_argument("--official-repo", default=None, help="checkout of github.com/xl-tang3/BaryIR (needs torch)")
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one measurement, in this process
     a = p.parse_args(argv)
-    if a.only == "official":
-        print(json.dumps(bench_official(a.official_repo, a.batch, a.patch, a.steps, a.warmup)))
+    if a.only in ("official", "official-bf16"):
+        print(json.dumps(bench_official(a.official_repo, a.batch, a.patch, a.steps, a.warmup,
+                                        autocast_bf16=a.only == "official-bf16")))
         return
     if a.only:
         print(json.dumps(bench_jax(a.config, a.only, a.batch, a.patch, a.steps, a.warmup)))

@@ -89,9 +89,13 @@ def init_state(config, barynet: BaryNet, potentials: Potentials, restorer_tx, po
     rng = jax.random.PRNGKey(int(config.seed))
     rng, k_model, k_pot = jax.random.split(rng, 3)
     p = int(config.data.patch_size)
+    # Initialised under jit (one compilation, not one per op: eager init of the full model took 93 s on a GPU)
+    # and, for the restorer, on a 16x16 input: its parameter shapes do not depend on the image size.
     if restorer_params is None:
-        restorer_params = barynet.init(k_model, jnp.zeros((1, p, p, 3), jnp.float32))["params"]
+        restorer_params = jax.jit(lambda k: barynet.init(k, jnp.zeros((1, 16, 16, 3), jnp.float32))["params"])(
+            k_model)
     side = p // 8
-    pot_params = potentials.init(k_pot, jnp.zeros((1, side, side, potentials.channels), jnp.float32))["params"]
+    pot_params = jax.jit(lambda k: potentials.init(
+        k, jnp.zeros((1, side, side, potentials.channels), jnp.float32))["params"])(k_pot)
     return TrainState(jnp.zeros((), jnp.int32), rng, restorer_params, pot_params, restorer_tx.init(restorer_params),
                       potentials_tx.init(pot_params))
