@@ -13,6 +13,7 @@ from typing import Any
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
 from baryir_jax.models.barynet import BaryNet
 from baryir_jax.models.potentials import Potentials
@@ -21,13 +22,19 @@ CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
 
 
+def as_path(path) -> epath.Path:
+    """A local path made absolute, or a cloud path (``gs://…``) as it is: the same code writes to both."""
+    path = os.fspath(path)
+    return epath.Path(path if "://" in path else os.path.abspath(path))
+
+
 def save_model_checkpoint(directory: str, barynet_params, barynet_config: dict[str, Any],
                           potentials_params=None, potentials_config: dict[str, Any] | None = None,
                           extra: dict[str, Any] | None = None) -> str:
-    directory = os.path.abspath(directory)
-    os.makedirs(directory, exist_ok=True)
-    params_dir = os.path.join(directory, PARAMS_DIR)
-    if os.path.exists(params_dir):
+    directory = as_path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    params_dir = directory / PARAMS_DIR
+    if params_dir.exists():
         raise FileExistsError(f"{params_dir} already exists: choose an empty output directory")
     tree = {"barynet": barynet_params}
     if potentials_params is not None:
@@ -39,22 +46,20 @@ def save_model_checkpoint(directory: str, barynet_params, barynet_config: dict[s
     meta = {"barynet": _jsonable(barynet_config), "potentials": _jsonable(potentials_config)}
     if extra:
         meta["extra"] = extra
-    with open(os.path.join(directory, CONFIG_FILE), "w") as f:
-        json.dump(meta, f, indent=2)
-    return directory
+    (directory / CONFIG_FILE).write_text(json.dumps(meta, indent=2))
+    return os.fspath(directory)
 
 
 def load_model_checkpoint(directory: str):
     """Returns ``(barynet, barynet_params, potentials or None, potentials_params or None, meta)``."""
-    directory = os.path.abspath(directory)
-    cfg_path = os.path.join(directory, CONFIG_FILE)
-    params_dir = os.path.join(directory, PARAMS_DIR)
-    if not os.path.isfile(cfg_path) or not os.path.isdir(params_dir):
+    directory = as_path(directory)
+    cfg_path = directory / CONFIG_FILE
+    params_dir = directory / PARAMS_DIR
+    if not cfg_path.is_file() or not params_dir.is_dir():
         raise FileNotFoundError(
             f"{directory} is not a model checkpoint: it needs {CONFIG_FILE} and {PARAMS_DIR}/ (written by "
             "baryir-convert or by training's model export)")
-    with open(cfg_path) as f:
-        meta = json.load(f)
+    meta = json.loads(cfg_path.read_text())
     with ocp.StandardCheckpointer() as ckptr:
         tree = ckptr.restore(params_dir)
     barynet = BaryNet(**_module_kwargs(meta["barynet"]))

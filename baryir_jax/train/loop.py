@@ -14,7 +14,6 @@ import json
 import logging
 import os
 import signal
-import time
 from typing import Any
 
 import grain
@@ -23,14 +22,14 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import AxisType, Mesh
 
 from baryir_jax.data import pipeline as data_pipeline
 from baryir_jax.data import sources as data_sources
 from baryir_jax.data.to_mesh import host_batch_to_global
 from baryir_jax.evaluate import metrics as eval_metrics
 from baryir_jax.evaluate.restore import restore_float
-from baryir_jax.models.io import load_model_checkpoint, save_model_checkpoint
+from baryir_jax.models.io import as_path, load_model_checkpoint, save_model_checkpoint
 from baryir_jax.train import state as state_lib
 from baryir_jax.train import step as step_lib
 from baryir_jax.transport.congruence import PotentialIndex, lambdas_from_counts
@@ -73,7 +72,7 @@ def resolve_data_dir(config, workdir: str) -> str:
     if d.data_dir:
         return d.data_dir
     if d.collection == "embedded":
-        return os.path.join(workdir, "data")
+        return os.fspath(as_path(workdir) / "data")
     raise ValueError("config.data.data_dir is empty: point it at the directory where baryir-prepare wrote the "
                      "data sets (--config.data.data_dir=DIR), or use --config.data.collection=embedded")
 
@@ -224,7 +223,7 @@ def task_table(results: dict[str, list[dict]]) -> str:
 def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(max_to_keep=int(config.train.max_to_keep), create=True,
                                            enable_async_checkpointing=True)
-    return ocp.CheckpointManager(os.path.abspath(os.path.join(workdir, "checkpoints")), options=options,
+    return ocp.CheckpointManager(as_path(workdir) / "checkpoints", options=options,
                                  item_names=("state", "data_iter"))
 
 
@@ -252,16 +251,15 @@ def _barrier(name: str, timeout_s: int = 1800) -> None:
 
 def _write_config(config, workdir):
     if jax.process_index() == 0:
-        os.makedirs(workdir, exist_ok=True)
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            f.write(config.to_json_best_effort(indent=2))
+        as_path(workdir).mkdir(parents=True, exist_ok=True)
+        (as_path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
     """Train (resuming from ``workdir`` when it holds checkpoints), validate, export; returns a summary dict."""
     from clu import metric_writers, periodic_actions
 
-    workdir = os.path.abspath(workdir)
+    workdir = os.fspath(as_path(workdir))  # absolute if local; gs://… stays as it is
     _write_config(config, workdir)
     exp = Experiment(config, workdir)
     mesh = exp.mesh
@@ -346,8 +344,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     summary: dict[str, Any] = dict(preempted=False, step=step, metrics=last_metrics)
     params = jax.device_get(state.restorer)
     if t.export_model and is_main:
-        export_dir = os.path.join(workdir, "model")
-        if not os.path.exists(os.path.join(export_dir, "params")):
+        export_dir = os.fspath(as_path(workdir) / "model")
+        if not (as_path(export_dir) / "params").exists():
             save_model_checkpoint(export_dir, params, state_lib.barynet_kwargs(config),
                                   jax.device_get(state.potentials),
                                   dict(num_potentials=exp.index.num_potentials, channels=8 * int(config.model.dim),
@@ -360,10 +358,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                    for task in config.eval.tasks}
         table = task_table(results)
         print(f"\nEvaluation on held-out images ({config.data.collection}), step {step}:\n{table}\n", flush=True)
-        with open(os.path.join(workdir, "evaluation.md"), "w") as f:
-            f.write(table + "\n")
-        with open(os.path.join(workdir, "evaluation.json"), "w") as f:
-            json.dump(results, f, indent=1)
+        (as_path(workdir) / "evaluation.md").write_text(table + "\n")
+        (as_path(workdir) / "evaluation.json").write_text(json.dumps(results, indent=1))
         summary["evaluation"] = results
     return summary
 
