@@ -12,6 +12,10 @@ TASKS_3D = ("derain", "dehaze", "denoise_15", "denoise_25", "denoise_50")
 TASKS_5D = ("derain", "dehaze", "lowlight", "denoise_25", "deblur")
 
 
+class ConfigError(ValueError):
+    """A configuration value that cannot work (the message names the field and what to set instead)."""
+
+
 def base_config() -> ml_collections.ConfigDict:
     c = ml_collections.ConfigDict()
     c.seed = 0

@@ -69,6 +69,8 @@ def main(argv):
                                         num_processes=FLAGS.num_processes, process_id=FLAGS.process_id).items()
                   if v is not None}
         jax.distributed.initialize(**kwargs)
+    from baryir_jax.config import ConfigError
+    from baryir_jax.data.report import DataError
     from baryir_jax.train.loop import NonFiniteLossError, train_and_evaluate
     try:
         summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
@@ -76,6 +78,9 @@ def main(argv):
         logging.error("%s", e)
         print(f"baryir-train: {e}", file=sys.stderr)
         sys.exit(3)
+    except (ConfigError, DataError) as e:  # a config value that cannot work, data not prepared: say what to do
+        print(f"baryir-train: {e}", file=sys.stderr)
+        sys.exit(2)
     if summary.get("preempted"):
         sys.exit(0)
 

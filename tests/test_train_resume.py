@@ -175,6 +175,22 @@ def test_unknown_override_names_the_key(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_config_and_data_problems_are_one_clear_message(tmp_path):
+    three_task = os.path.join(os.path.dirname(CONFIG), "three_task.py")
+    cmd = [sys.executable, "-m", "baryir_jax.main", f"--config={three_task}", f"--workdir={tmp_path / 'w'}",
+           f"--config.data.data_dir={tmp_path / 'empty'}"]
+    # 8 forced CPU devices (this test session's XLA_FLAGS) and the official batch of 3: a config problem.
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "config.data.batch_size=3 must be divisible by the 8 devices" in r.stderr
+    assert "Traceback" not in r.stderr
+    # One device: the data sets are not prepared.
+    r = subprocess.run(cmd, capture_output=True, text=True, env=dict(os.environ, XLA_FLAGS=""))
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "is not prepared in" in r.stderr and "baryir-prepare --dataset" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
 def test_resolved_config_is_written(tmp_path, data_dir, cache_dir):
     wd = str(tmp_path / "w")
     _run(_cmd(wd, data_dir, "--config.train.num_steps=1", "--config.optim.lr=0.0005"), _env(cache_dir))

@@ -24,6 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import AxisType, Mesh
 
+from baryir_jax.config import ConfigError
 from baryir_jax.data import pipeline as data_pipeline
 from baryir_jax.data import sources as data_sources
 from baryir_jax.data.to_mesh import host_batch_to_global
@@ -73,7 +74,7 @@ def resolve_data_dir(config, workdir: str) -> str:
         return d.data_dir
     if d.collection == "embedded":
         return os.fspath(as_path(workdir) / "data")
-    raise ValueError("config.data.data_dir is empty: point it at the directory where baryir-prepare wrote the "
+    raise ConfigError("config.data.data_dir is empty: point it at the directory where baryir-prepare wrote the "
                      "data sets (--config.data.data_dir=DIR), or use --config.data.collection=embedded")
 
 
@@ -83,7 +84,7 @@ def _parse_multipliers(spec) -> dict[str, int] | None:
     out = {}
     for part in str(spec).split(","):
         if "=" not in part:
-            raise ValueError(f"config.data.multipliers: expected 'task=N,task=N', got {spec!r}")
+            raise ConfigError(f"config.data.multipliers: expected 'task=N,task=N', got {spec!r}")
         k, v = part.split("=", 1)
         out[k.strip()] = int(v)
     return out
@@ -112,10 +113,10 @@ class Experiment:
         n_dev = self.mesh.devices.size
         gb = int(config.data.batch_size)
         if gb % n_dev:
-            raise ValueError(f"config.data.batch_size={gb} must be divisible by the {n_dev} devices of the mesh "
+            raise ConfigError(f"config.data.batch_size={gb} must be divisible by the {n_dev} devices of the mesh "
                              f"(the batch is split over them); use a multiple of {n_dev}")
         if gb % int(config.train.grad_accum_steps):
-            raise ValueError(f"config.data.batch_size={gb} must be divisible by config.train.grad_accum_steps="
+            raise ConfigError(f"config.data.batch_size={gb} must be divisible by config.train.grad_accum_steps="
                              f"{config.train.grad_accum_steps}")
         self.data_dir = resolve_data_dir(config, workdir) if with_data else config.data.data_dir
         self.multipliers = _parse_multipliers(config.data.multipliers)
@@ -176,7 +177,7 @@ def load_restorer_params(directory: str, barynet) -> Any:
     got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.float32), params)
     if jax.tree.structure(expected) != jax.tree.structure(got) or any(
             a.shape != b.shape for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got))):
-        raise ValueError(f"config.train.init_from={directory}: its BaryNet ({model}) does not match config.model; "
+        raise ConfigError(f"config.train.init_from={directory}: its BaryNet ({model}) does not match config.model; "
                          "set config.model to the checkpoint's sizes (see its model_config.json)")
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from baryir_jax.config import ConfigError
 from baryir_jax.models import BaryNet, Potentials
 from baryir_jax.transport.game import GameState
 
@@ -38,14 +39,14 @@ def barynet_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
               bary_blocks=None if int(m.bary_blocks) < 0 else int(m.bary_blocks),
               residual_scale=float(m.residual_scale))
     if any(kw["dim"] * 2 ** i % h for i, h in enumerate(kw["heads"])):
-        raise ValueError(f"config.model: every level's width dim·2^i must divide by its heads; got dim {kw['dim']}, "
+        raise ConfigError(f"config.model: every level's width dim·2^i must divide by its heads; got dim {kw['dim']}, "
                          f"heads {kw['heads']}")
     return kw
 
 
 def compute_dtype(config) -> Any:
     if config.dtype not in ("float32", "bfloat16"):
-        raise ValueError(f"config.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
+        raise ConfigError(f"config.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
     return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
 
 

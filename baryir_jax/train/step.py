@@ -25,6 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from baryir_jax.config import ConfigError
 from baryir_jax.models import BaryNet, Potentials
 from baryir_jax.transport import costs, game
 from baryir_jax.transport.congruence import PotentialIndex
@@ -60,7 +61,7 @@ def make_train_step(config, barynet: BaryNet, potentials: Potentials, index: Pot
     lc = config.loss
     accum = int(config.train.grad_accum_steps)
     if accum < 1:
-        raise ValueError(f"config.train.grad_accum_steps must be >= 1, got {accum}")
+        raise ConfigError(f"config.train.grad_accum_steps must be >= 1, got {accum}")
     lam = jnp.asarray(lam, jnp.float32)
     l1_weight, tau, gamma = float(lc.l1_weight), float(lc.tau), float(lc.gamma)
     congruence = str(lc.congruence)
