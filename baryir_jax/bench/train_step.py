@@ -146,7 +146,8 @@ def bench_official(repo: str, batch: int, patch: int, steps: int, warmup: int, n
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
     peak = torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == "cuda" else _peak_rss_mb()
-    return dict(impl="pytorch-official", dtype="bfloat16-autocast" if autocast_bf16 else "float32", device=str(dev), batch=batch, patch=patch,
+    return dict(impl="pytorch-official", dtype="bfloat16-autocast" if autocast_bf16 else "float32",
+                device=str(dev), batch=batch, patch=patch,
                 seconds_per_step=round(dt, 4), images_per_s=round(batch / dt, 3), peak_memory_mb=round(peak, 1),
                 peak_memory_kind="device" if dev.type == "cuda" else "process_rss", torch=torch.__version__,
                 threads=torch.get_num_threads())

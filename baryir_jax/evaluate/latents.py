@@ -7,8 +7,9 @@ spread over within-class spread of the pooled latents: high = the degradations f
 ``pca_2d`` gives the coordinates to plot them.
 
     crops, labels = crops_by_task({'derain': [img, ...], 'dehaze': [...]}, size=64)
-    lat = pooled_latents(barynet, params, crops)                # {'z','b','r': (N, C)}
-    {k: separation(v, labels) for k, v in lat.items()}          # r should separate more than b
+    full = latents(barynet, params, crops)                      # {'z','b','r': (N, size/8, size/8, C)}
+    pooled = {k: v.mean(axis=(1, 2)) for k, v in full.items()}  # (N, C) each
+    {k: separation(v, labels) for k, v in pooled.items()}       # r should separate more than b
 """
 from __future__ import annotations
 
@@ -62,11 +63,6 @@ def latents(barynet, params, crops: np.ndarray, batch_size: int = 16) -> dict[st
     for k, v in zip('zbr', (z, b, r)):
       parts[k].append(np.asarray(v, np.float32))
   return {k: np.concatenate(v) for k, v in parts.items()}
-
-
-def pooled_latents(barynet, params, crops: np.ndarray, batch_size: int = 16) -> dict[str, np.ndarray]:
-  """Spatial means of z, b and r: (N, C) each."""
-  return {k: v.mean(axis=(1, 2)) for k, v in latents(barynet, params, crops, batch_size).items()}
 
 
 def pca_2d(x: np.ndarray) -> np.ndarray:

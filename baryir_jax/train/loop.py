@@ -75,7 +75,7 @@ def resolve_data_dir(config, workdir: str) -> str:
     if d.collection == "embedded":
         return os.fspath(as_path(workdir) / "data")
     raise ConfigError("config.data.data_dir is empty: point it at the directory where baryir-prepare wrote the "
-                     "data sets (--config.data.data_dir=DIR), or use --config.data.collection=embedded")
+                      "data sets (--config.data.data_dir=DIR), or use --config.data.collection=embedded")
 
 
 def _parse_multipliers(spec) -> dict[str, int] | None:
@@ -114,10 +114,10 @@ class Experiment:
         gb = int(config.data.batch_size)
         if gb % n_dev:
             raise ConfigError(f"config.data.batch_size={gb} must be divisible by the {n_dev} devices of the mesh "
-                             f"(the batch is split over them); use a multiple of {n_dev}")
+                              f"(the batch is split over them); use a multiple of {n_dev}")
         if gb % int(config.train.grad_accum_steps):
             raise ConfigError(f"config.data.batch_size={gb} must be divisible by config.train.grad_accum_steps="
-                             f"{config.train.grad_accum_steps}")
+                              f"{config.train.grad_accum_steps}")
         self.data_dir = resolve_data_dir(config, workdir) if with_data else config.data.data_dir
         self.multipliers = _parse_multipliers(config.data.multipliers)
         if with_data:
@@ -178,7 +178,7 @@ def load_restorer_params(directory: str, barynet) -> Any:
     if jax.tree.structure(expected) != jax.tree.structure(got) or any(
             a.shape != b.shape for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got))):
         raise ConfigError(f"config.train.init_from={directory}: its BaryNet ({model}) does not match config.model; "
-                         "set config.model to the checkpoint's sizes (see its model_config.json)")
+                          "set config.model to the checkpoint's sizes (see its model_config.json)")
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
 
@@ -252,8 +252,9 @@ def _barrier(name: str, timeout_s: int = 1800) -> None:
 
 def _write_config(config, workdir):
     if jax.process_index() == 0:
-        as_path(workdir).mkdir(parents=True, exist_ok=True)
-        (as_path(workdir) / "config.json").write_text(config.to_json_best_effort(indent=2))
+        path = as_path(workdir)
+        path.mkdir(parents=True, exist_ok=True)
+        (path / "config.json").write_text(config.to_json_best_effort(indent=2))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
@@ -345,15 +346,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     summary: dict[str, Any] = dict(preempted=False, step=step, metrics=last_metrics)
     params = jax.device_get(state.restorer)
     if t.export_model and is_main:
-        export_dir = os.fspath(as_path(workdir) / "model")
-        if not (as_path(export_dir) / "params").exists():
+        export_dir = as_path(workdir) / "model"
+        if not (export_dir / "params").exists():
             save_model_checkpoint(export_dir, params, state_lib.barynet_kwargs(config),
                                   jax.device_get(state.potentials),
                                   dict(num_potentials=exp.index.num_potentials, channels=8 * int(config.model.dim),
                                        patch_size=int(config.data.patch_size)),
                                   extra=dict(step=step, tasks=list(config.data.tasks),
                                              ids_of_potential=exp.index.ids_of_potential))
-        summary["model"] = export_dir
+        summary["model"] = os.fspath(export_dir)
     if config.eval.after_training and is_main:
         results = {task: validate(apply_fn, params, eval_examples(config, exp.data_dir, task))[0]
                    for task in config.eval.tasks}

@@ -40,7 +40,7 @@ def barynet_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
               residual_scale=float(m.residual_scale))
     if any(kw["dim"] * 2 ** i % h for i, h in enumerate(kw["heads"])):
         raise ConfigError(f"config.model: every level's width dim·2^i must divide by its heads; got dim {kw['dim']}, "
-                         f"heads {kw['heads']}")
+                          f"heads {kw['heads']}")
     return kw
 
 
