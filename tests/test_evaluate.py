@@ -129,6 +129,28 @@ def test_bucket_plan():
       {(shapes.round_up(h, 8), shapes.round_up(w, 8)) for h, w in sizes})
 
 
+def test_embedded_collection_names_columns_by_degradation_not_benchmark_set(mini, tmp_path, capsys):
+  from baryir_jax.data.prepare import prepare
+  data_dir = tmp_path / 'data'
+  prepare('embedded', str(data_dir), progress=False, out=lambda s: None)
+  out = tmp_path / 'eval'
+  rc = benchmark.main(['--checkpoint', mini['ckpt'], '--data_dir', str(data_dir), '--benchmark', '5d',
+                       '--collection', 'embedded', '--output', str(out), '--no_images', '--no_progress'])
+  stdout = capsys.readouterr().out
+  assert rc == 0, stdout
+  table = json.loads((out / 'table.json').read_text())
+  assert {t: r['count'] for t, r in table['tasks'].items()} == {t: 2 for t in benchmark.BENCHMARKS['5d'].tasks}
+  md = (out / 'table.md').read_text()
+  assert ('| Method | haze | rain | noise σ25 | motion blur | low light | Average | noise σ15† | noise σ50† |'
+          in md), md
+  assert 'embedded test photographs (chelsea, coffee)' in md
+  for name in ('SOTS', 'Rain100L', 'BSD68', 'GoPro', 'LOL'):
+    assert name not in md, name
+  # the benchmark's own table keeps the data-set names
+  assert [c.title for c in benchmark.for_collection(benchmark.BENCHMARKS['3d'], 'benchmark').columns][:2] == [
+      'SOTS', 'Rain100L']
+
+
 def test_miniature_5d_benchmark_table_csv_and_compile_count(mini, tmp_path, capsys):
   out = tmp_path / 'eval'
   rc = benchmark.main(['--checkpoint', mini['ckpt'], '--config', mini['config'], '--benchmark', '5d',

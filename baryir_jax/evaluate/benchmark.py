@@ -75,6 +75,7 @@ class Benchmark:
   name: str
   title: str
   columns: tuple[Column, ...]
+  extra_note: str = ''  # printed under the table when it has columns outside the average (†)
 
   @property
   def tasks(self) -> tuple[str, ...]:
@@ -88,13 +89,29 @@ BENCHMARKS = {
     '5d': Benchmark('5d', 'five degradations (paper Table 2 layout)', (
         Column('dehaze', 'SOTS'), Column('derain', 'Rain100L'), Column('denoise_25', 'BSD68 σ25'),
         Column('deblur', 'GoPro'), Column('lowlight', 'LOL-v1'),
-        Column('denoise_15', 'BSD68 σ15†', in_average=False), Column('denoise_50', 'BSD68 σ50†', in_average=False))),
+        Column('denoise_15', 'BSD68 σ15†', in_average=False), Column('denoise_50', 'BSD68 σ50†', in_average=False)),
+        extra_note='† CBSD68 σ15/σ50: scored for the 1,930-image 5D count, not part of Table 2 or of its average.'),
     'unseen': Benchmark('unseen', 'unseen degradations (JPEG and mixed)', tuple(
         Column(t, title) for t, title in (
             ('jpeg_q10', 'JPEG q10'), ('jpeg_q20', 'JPEG q20'), ('jpeg_q30', 'JPEG q30'), ('jpeg_q40', 'JPEG q40'),
             ('noise_jpeg', 'Noise+JPEG'), ('haze_noise', 'Haze+noise'), ('lowlight_noise', 'Low light+noise')))),
 }
-DAGGER_NOTE = ('† CBSD68 σ15/σ50: scored for the 1,930-image 5D count, not part of Table 2 or of its average.')
+# Column titles when the embedded photographs stand in for the benchmark sets: the degradation, not a data set.
+EMBEDDED_TITLES = {'dehaze': 'haze', 'derain': 'rain', 'denoise_15': 'noise σ15', 'denoise_25': 'noise σ25',
+                   'denoise_50': 'noise σ50', 'deblur': 'motion blur', 'lowlight': 'low light'}
+
+
+def for_collection(benchmark: Benchmark, collection: str) -> Benchmark:
+  """`benchmark` as scored on `collection`: on 'embedded' the columns are named by degradation (the embedded
+  test photographs, not SOTS, Rain100L, ...), and the title says so."""
+  if collection != 'embedded':
+    return benchmark
+  from baryir_jax.data.builders.embedded import TEST_PHOTOS
+  cols = tuple(dataclasses.replace(c, title=EMBEDDED_TITLES.get(c.task, c.title) + ('' if c.in_average else '†'))
+               for c in benchmark.columns)
+  note = '† scored as in the full 5D run, not part of its average.' if benchmark.extra_note else ''
+  return dataclasses.replace(benchmark, title=f'{benchmark.title}, on the embedded test photographs '
+                             f'({", ".join(TEST_PHOTOS)}), not the benchmark sets', columns=cols, extra_note=note)
 
 
 def expected_counts(benchmark: Benchmark, collection: str) -> dict[str, int]:
@@ -344,6 +361,7 @@ def evaluate(restorer: Restorer, benchmark: Benchmark, task_sources: dict, expec
       'expected_images': sum(v for v in (r['expected'] for r in per_task.values()) if v is not None),
       'compiled_shapes': len(ran), 'shapes': [list(b) for b in sorted(ran)],
       'protocol': protocol(options), 'model': describe(restorer), 'label': restorer.label,
+      'extra_note': benchmark.extra_note,
       'seconds': round(time.perf_counter() - t0, 2),
   }
   if output_dir:
@@ -412,8 +430,8 @@ def render_markdown(table: dict) -> str:
            f'PSNR (dB) / SSIM. {table["images"]} of {table["expected_images"]} expected images; '
            f'{table["compiled_shapes"]} compiled shape(s); {table["seconds"]} s.', '',
            f'Protocol: {table["protocol"]}.']
-  if extra:
-    lines += ['', DAGGER_NOTE]
+  if extra and table.get('extra_note'):
+    lines += ['', table['extra_note']]
   if table['average_refused']:
     lines += ['', '**Average refused**: the benchmark is incomplete:'] + [f'- {r}' for r in table['average_refused']]
   return '\n'.join(lines) + '\n'
@@ -477,6 +495,7 @@ def main(argv=None) -> int:
         raise CheckpointError(f'--tasks: {", ".join(unknown)} not in the {bench.name} benchmark '
                               f'({", ".join(bench.tasks)}).')
       bench = dataclasses.replace(bench, columns=tuple(c for c in bench.columns if c.task in chosen))
+    bench = for_collection(bench, collection)
     expected = expected_counts(BENCHMARKS[args.benchmark], collection)
     if args.expected:
       expected.update(parse_expected(args.expected, bench.tasks))
