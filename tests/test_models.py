@@ -89,3 +89,30 @@ def test_layernorm_two_pass_variance_is_exact_for_offset_inputs():
     xd = x.astype(np.float64)
     ref = (xd - xd.mean(-1, keepdims=True)) / np.sqrt(xd.var(-1, keepdims=True) + 1e-5)
     assert np.max(np.abs(np.asarray(y) - ref)) < 1e-2  # E[x²]−E[x]² in float32 is off by > 10 here
+
+
+@pytest.mark.parametrize("k,dtype", [(3, jnp.float32), (5, jnp.float32), (3, jnp.bfloat16)])
+def test_cpu_depthwise_conv_value_and_gradients_match_the_native_grouped_convolution(k, dtype):
+    """The CPU path (shifted sums with a hand-written gradient) against XLA's grouped convolution."""
+    from baryir_jax.models.layers import _depthwise_same
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.normal(size=(2, 9, 7, 5)), dtype)
+    kernel = jnp.asarray(rng.normal(size=(k, k, 5)), dtype)
+    probe = jnp.asarray(rng.normal(size=(2, 9, 7, 5)), jnp.float32)
+    p = (k - 1) // 2
+
+    def native(x, kernel):
+        return jax.lax.conv_general_dilated(x, kernel[:, :, None, :], (1, 1), ((p, p), (p, p)),
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=5)
+
+    def loss(fn):
+        return lambda x, kernel: jnp.sum(fn(x, kernel).astype(jnp.float32) * probe)
+
+    tol = 1e-5 if dtype == jnp.float32 else 0.1
+    np.testing.assert_allclose(np.asarray(_depthwise_same(x, kernel), np.float32),
+                               np.asarray(native(x, kernel), np.float32), atol=tol, rtol=tol)
+    ours = jax.jit(jax.grad(loss(_depthwise_same), argnums=(0, 1)))(x, kernel)
+    ref = jax.jit(jax.grad(loss(native), argnums=(0, 1)))(x, kernel)
+    for a, b in zip(ours, ref):
+        assert a.dtype == b.dtype
+        np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol * 4, rtol=tol)

@@ -119,11 +119,41 @@ def _shifted_sum(xp, kernel, h, w):
     return out
 
 
-def _depthwise_same(x, kernel):
-    """Depthwise 'same' convolution (cross-correlation, as conv2d) of NHWC ``x`` with a (k, k, C) kernel."""
+def _depthwise_same_fwd_only(x, kernel):
     k = kernel.shape[0]
     p = (k - 1) // 2
     return _shifted_sum(jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))), kernel, x.shape[1], x.shape[2])
+
+
+@jax.custom_vjp
+def _depthwise_same(x, kernel):
+    """Depthwise 'same' convolution (cross-correlation, as conv2d) of NHWC ``x`` with a (k, k, C) kernel.
+
+    The gradient is written out by hand: the input gradient is the same shifted sum of the output gradient
+    with the flipped kernel (one fused loop), where autodiff of the shifted sum pads and adds k² copies, which
+    XLA:CPU then re-reads inside the next layer's transpose (~20% of the whole CPU training step).
+    """
+    return _depthwise_same_fwd_only(x, kernel)
+
+
+def _depthwise_same_vjp_fwd(x, kernel):
+    return _depthwise_same_fwd_only(x, kernel), (x, kernel)
+
+
+def _depthwise_same_vjp_bwd(res, g):
+    x, kernel = res
+    k = kernel.shape[0]
+    p = (k - 1) // 2
+    h, w = x.shape[1], x.shape[2]
+    dx = _depthwise_same_fwd_only(g, kernel[::-1, ::-1])
+    xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
+    g32 = g.astype(jnp.float32)
+    dk = jnp.stack([jnp.stack([jnp.einsum("bhwc,bhwc->c", xp[:, i:i + h, j:j + w].astype(jnp.float32), g32)
+                               for j in range(k)]) for i in range(k)])
+    return dx.astype(x.dtype), dk.astype(kernel.dtype)
+
+
+_depthwise_same.defvjp(_depthwise_same_vjp_fwd, _depthwise_same_vjp_bwd)
 
 
 class LayerNorm(nn.Module):
