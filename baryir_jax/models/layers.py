@@ -131,7 +131,7 @@ def _depthwise_same(x, kernel):
 
     The gradient is written out by hand: the input gradient is the same shifted sum of the output gradient
     with the flipped kernel (one fused loop), where autodiff of the shifted sum pads and adds k² copies, which
-    XLA:CPU then re-reads inside the next layer's transpose (~20% of the whole CPU training step).
+    XLA:CPU then re-reads inside the next layer's transpose. The demo-size CPU step went from 0.55 to 0.39 s.
     """
     return _depthwise_same_fwd_only(x, kernel)
 
