@@ -86,20 +86,26 @@ def main(argv):
 
 
 def _check_overrides(argv) -> str | None:
-    """A clear message for --config.KEY overrides that name no field of the config (instead of a traceback)."""
+    """A clear message, instead of a traceback, for a config file that is missing or refuses its argument
+    (e.g. an unknown variant) and for --config.KEY overrides that name no field of the config."""
     path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
     keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
     keys += [a[len("--noconfig."):] for a in argv if a.startswith("--noconfig.")]
-    if not path or not keys:
+    if not path:
         return None
     import importlib.util
     file, _, arg = path.partition(":")
     if not os.path.isfile(file):
         return f"--config={path}: no such file"
-    spec = importlib.util.spec_from_file_location("baryir_config_check", file)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    config = mod.get_config(arg or None)
+    try:
+        spec = importlib.util.spec_from_file_location("baryir_config_check", file)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        config = mod.get_config(arg or None)
+    except ValueError as e:
+        return f"--config={path}: {e}"
+    except Exception as e:  # noqa: BLE001  (a broken config file: say which and what, without the traceback)
+        return f"--config={path}: {type(e).__name__}: {e}"
     for key in keys:
         node, done = config, []
         for part in key.split("."):

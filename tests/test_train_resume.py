@@ -184,6 +184,19 @@ def test_unknown_override_names_the_key(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+def test_config_file_problems_are_one_clear_message(tmp_path):
+    demo = os.path.join(ROOT, "configs", "demo.py")
+    broken = tmp_path / "broken.py"
+    broken.write_text("def get_config(arg=None):\n    return undefined_name\n")
+    for spec, says in ((demo + ":fast", "unknown variant 'fast'; known: tiny, all"),
+                       (str(tmp_path / "missing.py"), "missing.py: no such file"),
+                       (str(broken), "NameError: name 'undefined_name' is not defined")):
+        r = subprocess.run([sys.executable, "-m", "baryir_jax.main", f"--config={spec}",
+                            f"--workdir={tmp_path / 'w'}"], capture_output=True, text=True)
+        assert r.returncode == 2, (spec, r.stderr[-2000:])
+        assert says in r.stderr and "Traceback" not in r.stderr, (spec, r.stderr[-2000:])
+
+
 def test_config_and_data_problems_are_one_clear_message(tmp_path):
     three_task = os.path.join(os.path.dirname(CONFIG), "three_task.py")
     cmd = [sys.executable, "-m", "baryir_jax.main", f"--config={three_task}", f"--workdir={tmp_path / 'w'}",
