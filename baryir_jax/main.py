@@ -85,7 +85,7 @@ def main(argv):
         sys.exit(0)
 
 
-def _check_overrides(argv) -> str | None:
+def _check_config_flags(argv) -> str | None:
     """A clear message, instead of a traceback, for a config file that is missing or refuses its argument
     (e.g. an unknown variant) and for --config.KEY overrides that name no field of the config."""
     path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
@@ -119,7 +119,7 @@ def _check_overrides(argv) -> str | None:
 
 
 def run():  # console-script entry point
-    problem = _check_overrides(sys.argv[1:])
+    problem = _check_config_flags(sys.argv[1:])
     if problem:
         print(f"baryir-train: {problem}", file=sys.stderr)
         sys.exit(2)
