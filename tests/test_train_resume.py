@@ -70,12 +70,8 @@ def _final_params(workdir):
 
 
 def _load_config(spec):
-    import importlib.util
-    path, _, arg = spec.partition(".py:")
-    mod_spec = importlib.util.spec_from_file_location("config_under_test", path + ".py" if arg else path)
-    module = importlib.util.module_from_spec(mod_spec)
-    mod_spec.loader.exec_module(module)
-    return module.get_config(arg or None)
+    from baryir_jax.evaluate.checkpoint import load_config  # the project's config-file loader (path.py[:arg])
+    return load_config(spec)
 
 
 def _leaves(tree):
