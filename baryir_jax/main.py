@@ -8,6 +8,7 @@ The resolved config is written to WORKDIR/config.json; rerunning the same comman
 checkpoint in WORKDIR. Multi-process jobs (TPU pods, several GPU hosts) call ``jax.distributed.initialize``:
 automatically on TPU VMs and under SLURM, or with --coordinator_address/--num_processes/--process_id.
 """
+
 from __future__ import annotations
 
 import logging
@@ -20,12 +21,15 @@ from absl import app, flags  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training configuration file (configs/*.py[:arg]).",
-                                lock_config=True)
+config_flags.DEFINE_config_file("config", None, "Training configuration file (configs/*.py[:arg]).", lock_config=True)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, the exported model and evaluation.")
-flags.DEFINE_enum("distributed", "auto", ["auto", "yes", "no"],
-                  "Call jax.distributed.initialize: 'auto' = when a coordinator is configured (flags, "
-                  "JAX_COORDINATOR_ADDRESS, SLURM, TPU pod slice).")
+flags.DEFINE_enum(
+    "distributed",
+    "auto",
+    ["auto", "yes", "no"],
+    "Call jax.distributed.initialize: 'auto' = when a coordinator is configured (flags, "
+    "JAX_COORDINATOR_ADDRESS, SLURM, TPU pod slice).",
+)
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process GPU/CPU jobs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process job.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process job.")
@@ -54,6 +58,7 @@ class _QuietLibraries(logging.Filter):
 
 def _setup_logging():
     from absl import logging as absl_logging
+
     absl_logging.set_verbosity(absl_logging.INFO)
     absl_logging.get_absl_handler().addFilter(_QuietLibraries())
     logging.getLogger("baryir_jax").setLevel(logging.INFO)
@@ -64,14 +69,22 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     _setup_logging()
     import jax
+
     if _want_distributed():
-        kwargs = {k: v for k, v in dict(coordinator_address=FLAGS.coordinator_address,
-                                        num_processes=FLAGS.num_processes, process_id=FLAGS.process_id).items()
-                  if v is not None}
+        kwargs = {
+            k: v
+            for k, v in dict(
+                coordinator_address=FLAGS.coordinator_address,
+                num_processes=FLAGS.num_processes,
+                process_id=FLAGS.process_id,
+            ).items()
+            if v is not None
+        }
         jax.distributed.initialize(**kwargs)
     from baryir_jax.config import ConfigError
     from baryir_jax.data.report import DataError
     from baryir_jax.train.loop import NonFiniteLossError, train_and_evaluate
+
     try:
         summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
     except NonFiniteLossError as e:
@@ -89,11 +102,12 @@ def _check_config_flags(argv) -> str | None:
     """A clear message, instead of a traceback, for a config file that is missing or refuses its argument
     (e.g. an unknown variant) and for --config.KEY overrides that name no field of the config."""
     path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    keys = [a[len("--config."):].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-    keys += [a[len("--noconfig."):] for a in argv if a.startswith("--noconfig.")]
+    keys = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
+    keys += [a[len("--noconfig.") :] for a in argv if a.startswith("--noconfig.")]
     if not path:
         return None
     import importlib.util
+
     file, _, arg = path.partition(":")
     if not os.path.isfile(file):
         return f"--config={path}: no such file"
@@ -112,8 +126,10 @@ def _check_config_flags(argv) -> str | None:
             fields = list(node.keys()) if hasattr(node, "keys") else []
             if part not in fields:
                 where = ".".join(done) or "the config"
-                return (f"unknown config key '{key}': {where} has no field '{part}' (its fields: "
-                        f"{', '.join(sorted(fields))})")
+                return (
+                    f"unknown config key '{key}': {where} has no field '{part}' (its fields: "
+                    f"{', '.join(sorted(fields))})"
+                )
             node, done = node[part], done + [part]
     return None
 

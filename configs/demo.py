@@ -9,6 +9,7 @@ variant adds the embedded motion blur and low light (five potentials); in the sa
 learn to deblur (README, "The demo"). Everything else is the official training (losses, game, RMSprop,
 λ from counts); only sizes and length shrink.
 """
+
 from baryir_jax.config import base_config
 
 THREE_D = ("derain", "dehaze", "denoise_15", "denoise_25", "denoise_50")
@@ -20,8 +21,10 @@ def get_config(arg=None):
     variants = [a for a in str(arg or "").split(",") if a]
     unknown = [a for a in variants if a not in VARIANTS]
     if unknown:
-        raise ValueError(f"demo.py: unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)} "
-                         "(combine them with a comma, e.g. demo.py:all,tiny)")
+        raise ValueError(
+            f"demo.py: unknown variant {unknown[0]!r}; known: {', '.join(VARIANTS)} "
+            "(combine them with a comma, e.g. demo.py:all,tiny)"
+        )
     c = base_config()
     c.model.update(dict(dim=16, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 2, 2)))
     c.data.collection = "embedded"

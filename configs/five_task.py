@@ -5,6 +5,7 @@
 ``get_config('ddp')`` gives the official multi-GPU variant: γ = 0.02, one summed potential step, 61 epochs,
 step 35.
 """
+
 from baryir_jax.config import TASKS_5D, base_config
 
 

@@ -1,7 +1,8 @@
 """The official 3D run: derain + dehaze + denoise σ15/25/50 (README of the official code: 56 epochs, step 50).
 
-    baryir-train --config=configs/three_task.py --workdir=runs/3d --config.data.data_dir=DATA
+baryir-train --config=configs/three_task.py --workdir=runs/3d --config.data.data_dir=DATA
 """
+
 from baryir_jax.config import TASKS_3D, base_config
 
 

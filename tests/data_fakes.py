@@ -1,5 +1,6 @@
 """Fake `manual_dir`s for the data tests: tiny random images with the real file names and folder layouts of
 the official repository (`data/Train/...`, `data/test/...`) and of the downloads it points to."""
+
 from __future__ import annotations
 
 import struct
@@ -35,8 +36,13 @@ def write_png16_rgb(path: Path, image16: np.ndarray) -> Path:
 
     def chunk(tag, data):
         return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data) & 0xFFFFFFFF)
-    png = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
-           + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b""))
+
+    png = (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 16, 2, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(raw))
+        + chunk(b"IEND", b"")
+    )
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(png)
     return path
@@ -62,8 +68,10 @@ def make_official_tree(root: Path) -> Path:
         save(data / "test/derain/Rain100L/target" / f"norain-{n:03d}.png", img)
         save(data / "test/derain/Rain100L/input" / f"rain-{n:03d}.png", 255 - img)
     # RESIDE OTS: synthetic/partK/XXXX_beta_A.jpg + original/XXXX.jpg
-    for scene, hazy in [("0025", ["part1/0025_0.8_0.04.jpg", "part1/0025_1_0.2.jpg"]),
-                        ("0026", ["part2/0026_0.9_0.1.jpg"])]:
+    for scene, hazy in [
+        ("0025", ["part1/0025_0.8_0.04.jpg", "part1/0025_1_0.2.jpg"]),
+        ("0026", ["part2/0026_0.9_0.1.jpg"]),
+    ]:
         save(data / "Train/Dehaze/original" / f"{scene}.jpg", rand_image(next(seed)), quality=95)
         for h in hazy:
             save(data / "Train/Dehaze/synthetic" / h, rand_image(next(seed)), quality=95)
@@ -108,16 +116,19 @@ class NoNetwork:
 
     def __enter__(self):
         import socket
+
         self._saved = (socket.socket.connect, socket.create_connection)
 
         def refuse(*args, **kwargs):
             raise AssertionError("network access attempted")
+
         socket.socket.connect = refuse
         socket.create_connection = refuse
         return self
 
     def __exit__(self, *exc):
         import socket
+
         socket.socket.connect, socket.create_connection = self._saved
         return False
 
@@ -133,6 +144,7 @@ def prepared_data(base: Path) -> dict:
     if "data_dir" in _PREPARED:
         return _PREPARED
     from baryir_jax.data.prepare import prepare
+
     root = Path(base) / "baryir_data_fixture"
     tree = make_official_tree(root)
     data_dir = root / "prepared"
@@ -140,11 +152,13 @@ def prepared_data(base: Path) -> dict:
     for ds in OFFICIAL_DATASETS:
         results[ds] = prepare(ds, data_dir, tree, progress=False, out=lambda s: None)
     inv = make_pairs_folder(root / "pairs_inv", n=3)
-    results["paired_folder/inv"] = prepare("paired_folder", data_dir, inv, name="inv", progress=False,
-                                           out=lambda s: None)
+    results["paired_folder/inv"] = prepare(
+        "paired_folder", data_dir, inv, name="inv", progress=False, out=lambda s: None
+    )
     square = make_pairs_folder(root / "pairs_square", n=2, h=SQUARE, w=SQUARE, seed=900, invert=True)
-    results["paired_folder/square"] = prepare("paired_folder", data_dir, square, name="square", progress=False,
-                                              out=lambda s: None)
+    results["paired_folder/square"] = prepare(
+        "paired_folder", data_dir, square, name="square", progress=False, out=lambda s: None
+    )
     with NoNetwork():
         results["embedded"] = prepare("embedded", data_dir, progress=False, out=lambda s: None)
     _PREPARED.update(root=root, tree=tree, data_dir=data_dir, results=results, inv=inv, square=square)

@@ -1,4 +1,5 @@
 """The converter: safe loading, the official whole-module format, state dicts, errors, and the CLI."""
+
 import json
 import os
 import pickle
@@ -50,8 +51,11 @@ def test_pickle_calling_os_system_is_refused_and_nothing_runs(tmp_path):
     assert "system" in str(e.value) and ("posix" in str(e.value) or "os." in str(e.value))
     assert not marker.exists()
     # the same through the CLI: an error message, exit status 1, nothing run
-    r = subprocess.run([sys.executable, "-m", "baryir_jax.convert.cli", "--checkpoint", str(path),
-                        "--output", str(tmp_path / "out")], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "baryir_jax.convert.cli", "--checkpoint", str(path), "--output", str(tmp_path / "out")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 1 and "refusing to load the global" in r.stderr and "Traceback" not in r.stderr
     assert not marker.exists()
 
@@ -138,14 +142,23 @@ def test_mis_shaped_and_missing_parameters_name_the_key(keys):
 
 def test_cli_writes_a_checkpoint_the_package_loads(tmp_path, keys):
     from baryir_jax.models.io import load_model_checkpoint
+
     sd = pattern_state_dict(keys["barynet"])
     psd = pattern_state_dict(keys["potentials"])
     path = tmp_path / "ckpt.pth"
-    torch.save({"BaryIR": {k: torch.from_numpy(v) for k, v in sd.items()},
-                "Pots": {k: torch.from_numpy(v) for k, v in psd.items()}}, str(path))
+    torch.save(
+        {
+            "BaryIR": {k: torch.from_numpy(v) for k, v in sd.items()},
+            "Pots": {k: torch.from_numpy(v) for k, v in psd.items()},
+        },
+        str(path),
+    )
     out_dir = tmp_path / "converted"
-    r = subprocess.run([sys.executable, "-m", "baryir_jax.convert.cli", "--checkpoint", str(path),
-                        "--output", str(out_dir)], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "baryir_jax.convert.cli", "--checkpoint", str(path), "--output", str(out_dir)],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 0, r.stderr
     assert "3 potentials (patch 64)" in r.stdout
     model, params, pots, pots_params, meta = load_model_checkpoint(str(out_dir))

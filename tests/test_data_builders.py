@@ -1,5 +1,6 @@
 """TFDS builders from fake manual_dirs (real names and layouts, tiny images), read back through grain, and every
 documented trap with its message."""
+
 import hashlib
 import json
 import shutil
@@ -39,20 +40,35 @@ def quiet(*args, **kwargs):
 
 # (dataset, split) -> {stored name: (degraded file, clean file)} relative to the fake data/ tree
 EXPECTED_PAIRS = {
-    ("rain100l", "train"): {f"rain-{n}.png": (f"Train/Derain/rainy/rain-{n}.png", f"Train/Derain/gt/norain-{n}.png")
-                            for n in (1, 2, 3)},
-    ("rain100l", "test"): {f"rain-{n:03d}.png": (f"test/derain/Rain100L/input/rain-{n:03d}.png",
-                                                 f"test/derain/Rain100L/target/norain-{n:03d}.png") for n in (1, 2)},
+    ("rain100l", "train"): {
+        f"rain-{n}.png": (f"Train/Derain/rainy/rain-{n}.png", f"Train/Derain/gt/norain-{n}.png") for n in (1, 2, 3)
+    },
+    ("rain100l", "test"): {
+        f"rain-{n:03d}.png": (
+            f"test/derain/Rain100L/input/rain-{n:03d}.png",
+            f"test/derain/Rain100L/target/norain-{n:03d}.png",
+        )
+        for n in (1, 2)
+    },
     ("reside_ots", "train"): {
         "part1/0025_0.8_0.04.jpg": ("Train/Dehaze/synthetic/part1/0025_0.8_0.04.jpg", "Train/Dehaze/original/0025.jpg"),
         "part1/0025_1_0.2.jpg": ("Train/Dehaze/synthetic/part1/0025_1_0.2.jpg", "Train/Dehaze/original/0025.jpg"),
-        "part2/0026_0.9_0.1.jpg": ("Train/Dehaze/synthetic/part2/0026_0.9_0.1.jpg", "Train/Dehaze/original/0026.jpg")},
-    ("sots_outdoor", "test"): {f"{s}_0.8_0.2.jpg": (f"test/dehaze/input/{s}_0.8_0.2.jpg", f"test/dehaze/target/{s}.png")
-                               for s in ("0001", "0002")},
-    ("gopro", "train"): {n: (f"Train/Deblur/blur/{n}", f"Train/Deblur/sharp/{n}")
-                         for n in ("GOPR0372_07_00-000047.png", "GOPR0372_07_00-000048.png")},
-    ("gopro", "test"): {"GOPR0384_11_00-000001.png": ("test/deblur/input/GOPR0384_11_00-000001.png",
-                                                      "test/deblur/target/GOPR0384_11_00-000001.png")},
+        "part2/0026_0.9_0.1.jpg": ("Train/Dehaze/synthetic/part2/0026_0.9_0.1.jpg", "Train/Dehaze/original/0026.jpg"),
+    },
+    ("sots_outdoor", "test"): {
+        f"{s}_0.8_0.2.jpg": (f"test/dehaze/input/{s}_0.8_0.2.jpg", f"test/dehaze/target/{s}.png")
+        for s in ("0001", "0002")
+    },
+    ("gopro", "train"): {
+        n: (f"Train/Deblur/blur/{n}", f"Train/Deblur/sharp/{n}")
+        for n in ("GOPR0372_07_00-000047.png", "GOPR0372_07_00-000048.png")
+    },
+    ("gopro", "test"): {
+        "GOPR0384_11_00-000001.png": (
+            "test/deblur/input/GOPR0384_11_00-000001.png",
+            "test/deblur/target/GOPR0384_11_00-000001.png",
+        )
+    },
     ("lol_v1", "train"): {n: (f"Train/lowlight/low/{n}", f"Train/lowlight/high/{n}") for n in ("2.png", "5.png")},
     ("lol_v1", "eval15"): {"1.png": ("test/lowlight/eval15/low/1.png", "test/lowlight/eval15/high/1.png")},
 }
@@ -140,7 +156,7 @@ def test_unpaired_truncated_and_size_mismatch_are_left_out_and_listed(tmp_path):
         if n != 2:
             F.save(data / f"Train/Derain/gt/norain-{n}.png", img if n != 4 else F.rand_image(n, 30, 30))
     full = (data / "Train/Derain/rainy/rain-3.png").read_bytes()
-    (data / "Train/Derain/rainy/rain-3.png").write_bytes(full[:len(full) // 2])  # truncated
+    (data / "Train/Derain/rainy/rain-3.png").write_bytes(full[: len(full) // 2])  # truncated
     (data / "Train/Derain/gt/notes.txt").write_text("not an image")
     r = quiet("rain100l", tmp_path / "out", data).report
     assert r.written["train"] == 1
@@ -263,10 +279,18 @@ def test_embedded_is_offline_small_and_split_into_held_out_photos(prepared):
     test_names = set(read_split(data_dir, "embedded", "test_derain"))
     assert len(train_names) == 7 and test_names == {"chelsea.png", "coffee.png"}
     assert not {n[:-4] for n in train_names} & {n[:-4] for n in test_names}
-    sizes = {s: sources.split_size(data_dir, "embedded", s) for s in
-             ["train_derain", "train_dehaze", "train_deblur", "train_lowlight", "test_denoise_25", "test_jpeg_q20"]}
-    assert sizes == {"train_derain": 14, "train_dehaze": 14, "train_deblur": 14, "train_lowlight": 14,
-                     "test_denoise_25": 2, "test_jpeg_q20": 2}
+    sizes = {
+        s: sources.split_size(data_dir, "embedded", s)
+        for s in ["train_derain", "train_dehaze", "train_deblur", "train_lowlight", "test_denoise_25", "test_jpeg_q20"]
+    }
+    assert sizes == {
+        "train_derain": 14,
+        "train_dehaze": 14,
+        "train_deblur": 14,
+        "train_lowlight": 14,
+        "test_denoise_25": 2,
+        "test_jpeg_q20": 2,
+    }
     for rec in read_split(data_dir, "embedded", "train_dehaze").values():
         assert max(rec["clean"].shape[:2]) == 256 and rec["clean"].shape == rec["degraded"].shape
         assert not np.array_equal(rec["clean"], rec["degraded"])
@@ -282,8 +306,9 @@ def test_cli_prints_the_summary_reuses_and_refuses(prepared, tmp_path, capsys):
     assert rc == 0 and "== lol_v1: validation summary ==" in out and "eval15" in out
     rc = prepare_main(["--dataset", "lol_v1", "--manual_dir", str(tree), "--data_dir", str(tmp_path)])
     assert rc == 0 and "already prepared" in capsys.readouterr().out
-    rc = prepare_main(["--dataset", "lol_v1", "--manual_dir", str(tree), "--data_dir", str(tmp_path), "--overwrite",
-                       "--no_progress"])
+    rc = prepare_main(
+        ["--dataset", "lol_v1", "--manual_dir", str(tree), "--data_dir", str(tmp_path), "--overwrite", "--no_progress"]
+    )
     assert rc == 0 and "validation summary" in capsys.readouterr().out
     gray = tmp_path / "gray/test/denoise/cbsd68"
     for i in range(2):

@@ -1,5 +1,6 @@
 """Degradations: the official noise arithmetic, the frozen-noise protocol, and the synthetic degradations'
 physics (checked against the formulas they document, not against their own output)."""
+
 import hashlib
 
 import numpy as np
@@ -106,7 +107,8 @@ def test_jpeg_quality_orders_the_error():
     clean = smooth_image()
 
     def psnr(x):
-        return 10 * np.log10(255 ** 2 / np.mean((x.astype(float) - clean) ** 2))
+        return 10 * np.log10(255**2 / np.mean((x.astype(float) - clean) ** 2))
+
     hi, lo = D.jpeg(clean, 95), D.jpeg(clean, 10)
     assert hi.shape == clean.shape and hi.dtype == np.uint8
     assert psnr(hi) > 35 and psnr(lo) < psnr(hi) - 5
@@ -128,8 +130,15 @@ def test_synthesize_is_deterministic_per_seed_and_rejects_unknown_tasks():
 def test_official_augmentation_modes():
     x = np.arange(6).reshape(2, 3, 1)
     expect = {
-        0: x, 1: x[::-1], 2: np.rot90(x, 1), 3: np.rot90(x, 1)[::-1], 4: np.rot90(x, 2), 5: np.rot90(x, 2)[::-1],
-        6: np.rot90(x, 3), 7: np.rot90(x, 3)[::-1]}
+        0: x,
+        1: x[::-1],
+        2: np.rot90(x, 1),
+        3: np.rot90(x, 1)[::-1],
+        4: np.rot90(x, 2),
+        5: np.rot90(x, 2)[::-1],
+        6: np.rot90(x, 3),
+        7: np.rot90(x, 3)[::-1],
+    }
     for m, e in expect.items():
         np.testing.assert_array_equal(augment(x, m), e)
     # rot90 is counter-clockwise in the (H, W) plane: the top-right element goes to the top-left

@@ -1,5 +1,6 @@
 """The grain training pipeline: official counts, crops and augmentation, noise, determinism, resume from an
 orbax checkpoint, per-process shards, worker processes, the mesh helper and the evaluation reader."""
+
 import grain
 import jax
 import numpy as np
@@ -49,8 +50,15 @@ def assert_same(a, b):
 # ---------------------------------------------------------------------------------------------------------
 # Counts (λ is computed from them)
 # ---------------------------------------------------------------------------------------------------------
-OFFICIAL_SIZES = {"denoise_15": 5144, "denoise_25": 5144, "denoise_50": 5144, "derain": 200, "dehaze": 72135,
-                  "deblur": 2103, "lowlight": 485}
+OFFICIAL_SIZES = {
+    "denoise_15": 5144,
+    "denoise_25": 5144,
+    "denoise_50": 5144,
+    "derain": 200,
+    "dehaze": 72135,
+    "deblur": 2103,
+    "lowlight": 485,
+}
 
 
 def test_official_oversampled_counts_and_lambda():
@@ -64,8 +72,10 @@ def test_official_oversampled_counts_and_lambda():
     wed_only = pl.oversampled_counts(THREE_D, {**OFFICIAL_SIZES, **{k: 4744 for k in THREE_D[2:]}})
     assert sum(wed_only[k] for k in THREE_D[2:]) == 71160
     assert pl.oversampled_counts(["derain"], OFFICIAL_SIZES, multipliers={"derain": 2}) == {"derain": 400}
-    assert pl.oversampled_counts(["derain", "dehaze"], OFFICIAL_SIZES, multipliers=[1, 3]) == {"derain": 200,
-                                                                                               "dehaze": 216405}
+    assert pl.oversampled_counts(["derain", "dehaze"], OFFICIAL_SIZES, multipliers=[1, 3]) == {
+        "derain": 200,
+        "dehaze": 216405,
+    }
 
 
 def test_mixture_argument_errors():
@@ -84,8 +94,11 @@ def test_mixture_argument_errors():
 def test_user_sources_get_ids_from_seven():
     specs = sources.resolve_sources(["derain", "paired_folder:a", "single", "paired_folder:b"])
     assert [(s.task, s.dataset, s.degradation_id) for s in specs] == [
-        ("derain", "rain100l", 3), ("paired_folder:a", "paired_folder/a", 7),
-        ("paired_folder:default", "paired_folder/default", 8), ("paired_folder:b", "paired_folder/b", 9)]
+        ("derain", "rain100l", 3),
+        ("paired_folder:a", "paired_folder/a", 7),
+        ("paired_folder:default", "paired_folder/default", 8),
+        ("paired_folder:b", "paired_folder/b", 9),
+    ]
     specs = sources.resolve_sources(["paired_folder:a"], user_ids={"paired_folder:a": 12})
     assert specs[0].degradation_id == 12
     with pytest.raises(ValueError, match="collides"):
@@ -171,13 +184,18 @@ def test_resume_from_orbax_checkpoint_yields_the_same_batches(prepared, tmp_path
     take(it, 3)
     state = {"params": np.arange(4.0), "step": np.array(3, np.int32)}
     mngr = ocp.CheckpointManager(tmp_path / "ckpt", options=ocp.CheckpointManagerOptions(create=True))
-    mngr.save(3, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
-                                         data_iter=grain.checkpoint.CheckpointSave(it)))
+    mngr.save(
+        3, args=ocp.args.Composite(state=ocp.args.StandardSave(state), data_iter=grain.checkpoint.CheckpointSave(it))
+    )
     mngr.wait_until_finished()
     expected = take(it, 4)  # the uninterrupted run goes on
     fresh = iter(make(prepared, THREE_D, seed=11, with_entry_index=True))
-    restored = mngr.restore(mngr.latest_step(), args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(state), data_iter=grain.checkpoint.CheckpointRestore(fresh)))
+    restored = mngr.restore(
+        mngr.latest_step(),
+        args=ocp.args.Composite(
+            state=ocp.args.StandardRestore(state), data_iter=grain.checkpoint.CheckpointRestore(fresh)
+        ),
+    )
     np.testing.assert_array_equal(restored["state"]["params"], state["params"])
     assert_same(take(fresh, 4), expected)
     mngr.close()
@@ -189,8 +207,16 @@ def test_two_processes_read_disjoint_shards_that_cover_the_epoch(prepared):
     assert total % 2 == 0
     seen = []
     for p in (0, 1):
-        ds = make(prepared, tasks, seed=13, global_batch_size=6, process_index=p, process_count=2,
-                  with_entry_index=True, patch_size=16)
+        ds = make(
+            prepared,
+            tasks,
+            seed=13,
+            global_batch_size=6,
+            process_index=p,
+            process_count=2,
+            with_entry_index=True,
+            patch_size=16,
+        )
         entries = np.concatenate([b["entry"] for b in take(ds, total // 2 // 3)])
         assert len(entries) == total // 2 and len(set(entries.tolist())) == total // 2  # no repeats in the epoch
         seen.append(set(entries.tolist()))
@@ -214,7 +240,12 @@ def test_embedded_three_task_mixture_at_patch_128(prepared):
     (b,) = take(make(prepared, THREE_D, collection="embedded", patch_size=128, global_batch_size=4, seed=0), 1)
     assert b["degraded"].shape == (4, 128, 128, 3)
     assert pl.entry_counts(prepared["data_dir"], THREE_D, collection="embedded") == {
-        "derain": 14, "dehaze": 14, "denoise_15": 7, "denoise_25": 7, "denoise_50": 7}
+        "derain": 14,
+        "dehaze": 14,
+        "denoise_15": 7,
+        "denoise_25": 7,
+        "denoise_50": 7,
+    }
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -264,8 +295,10 @@ def test_input_pipeline_bench_prints_one_json_line(prepared, capsys):
     import json
 
     from baryir_jax.bench.input_pipeline import main as bench_main
-    rc = bench_main(["--data_dir", str(prepared["data_dir"]), "--workers", "0", "--batches", "2", "--warmup", "1",
-                     "--patch", "32"])
+
+    rc = bench_main(
+        ["--data_dir", str(prepared["data_dir"]), "--workers", "0", "--batches", "2", "--warmup", "1", "--patch", "32"]
+    )
     lines = capsys.readouterr().out.strip().splitlines()
     assert rc == 0 and len(lines) == 1
     line = json.loads(lines[0])

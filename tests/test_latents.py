@@ -1,4 +1,5 @@
 """baryir_jax.evaluate.latents: crops, the 2-D projection and the separation score."""
+
 import numpy as np
 import pytest
 

@@ -1,4 +1,5 @@
 """baryir_jax.models.io: where model checkpoints go (local paths made absolute, cloud paths kept) and a round trip."""
+
 import os
 
 import numpy as np

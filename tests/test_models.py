@@ -1,4 +1,5 @@
 """Model structure: parameter counts at full size (eval_shape only), shapes, errors, layers against PyTorch."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -57,8 +58,9 @@ def test_bad_input_shapes_get_clear_errors():
     with pytest.raises(ValueError, match="NHWC input with 3 channels"):
         jax.eval_shape(lambda: m.init(jax.random.key(0), jnp.zeros((1, 3, 16, 16))))
     with pytest.raises(ValueError, match="tied to the training patch size"):
-        jax.eval_shape(lambda: Potentials(2, channels=8, patch_size=64).init(jax.random.key(0),
-                                                                           jnp.zeros((1, 4, 4, 8))))
+        jax.eval_shape(
+            lambda: Potentials(2, channels=8, patch_size=64).init(jax.random.key(0), jnp.zeros((1, 4, 4, 8)))
+        )
 
 
 def test_bf16_compute_keeps_fp32_params_and_stays_close():
@@ -95,6 +97,7 @@ def test_layernorm_two_pass_variance_is_exact_for_offset_inputs():
 def test_cpu_depthwise_conv_value_and_gradients_match_the_native_grouped_convolution(k, dtype):
     """The CPU path (shifted sums with a hand-written gradient) against XLA's grouped convolution."""
     from baryir_jax.models.layers import _depthwise_same
+
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=(2, 9, 7, 5)), dtype)
     kernel = jnp.asarray(rng.normal(size=(k, k, 5)), dtype)
@@ -102,15 +105,25 @@ def test_cpu_depthwise_conv_value_and_gradients_match_the_native_grouped_convolu
     p = (k - 1) // 2
 
     def native(x, kernel):
-        return jax.lax.conv_general_dilated(x, kernel[:, :, None, :], (1, 1), ((p, p), (p, p)),
-                                            dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=5)
+        return jax.lax.conv_general_dilated(
+            x,
+            kernel[:, :, None, :],
+            (1, 1),
+            ((p, p), (p, p)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+            feature_group_count=5,
+        )
 
     def loss(fn):
         return lambda x, kernel: jnp.sum(fn(x, kernel).astype(jnp.float32) * probe)
 
     tol = 1e-5 if dtype == jnp.float32 else 0.1
-    np.testing.assert_allclose(np.asarray(_depthwise_same(x, kernel), np.float32),
-                               np.asarray(native(x, kernel), np.float32), atol=tol, rtol=tol)
+    np.testing.assert_allclose(
+        np.asarray(_depthwise_same(x, kernel), np.float32),
+        np.asarray(native(x, kernel), np.float32),
+        atol=tol,
+        rtol=tol,
+    )
     ours = jax.jit(jax.grad(loss(_depthwise_same), argnums=(0, 1)))(x, kernel)
     ref = jax.jit(jax.grad(loss(native), argnums=(0, 1)))(x, kernel)
     for a, b in zip(ours, ref):

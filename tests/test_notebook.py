@@ -1,4 +1,5 @@
 """colab/baryir_demo.ipynb: committed without outputs, and executed top to bottom on CPU in its quick mode."""
+
 from __future__ import annotations
 
 import json
@@ -40,8 +41,11 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     elapsed = time.perf_counter() - t0
     assert elapsed < 600, f"the notebook took {elapsed:.0f} s"
 
-    outputs = ["".join(o.get("text", "") for o in c.get("outputs", []) if o.get("output_type") == "stream")
-               for c in nb.cells if c.cell_type == "code"]
+    outputs = [
+        "".join(o.get("text", "") for o in c.get("outputs", []) if o.get("output_type") == "stream")
+        for c in nb.cells
+        if c.cell_type == "code"
+    ]
     text = "\n".join(outputs)
     assert "backend: CPU" in text
     # Step 5: a PSNR row for every degradation the default (3D) demo trains, and none for the others.
@@ -52,6 +56,7 @@ def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     restored = tmp_path / "my photo_restored.png"
     assert restored.exists()
     assert np.asarray(Image.open(restored)).shape == (80, 96, 3)
-    images = sum(1 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", [])
-                 if "image/png" in o.get("data", {}))
+    images = sum(
+        1 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {})
+    )
     assert images >= 3, f"expected the restoration grid, the latent scatter and the upload figure; got {images}"

@@ -4,6 +4,7 @@ The fixture (made by tests/fixtures/make_parity_fixture.py from the official cod
 dict is rebuilt here from its key names and shapes with the documented pattern, converted with our converter,
 and run through our model.
 """
+
 import json
 import os
 
@@ -50,9 +51,14 @@ def test_config_read_off_the_state_dict(converted, fixture):
     assert config["dim"] == 48 and tuple(config["num_blocks"]) == (1, 1, 1, 1)
     assert config["num_refinement_blocks"] == 1 and config["bary_blocks"] == 1
     assert tuple(config["heads"]) == (1, 2, 4, 8) and config["ffn_expansion_factor"] == 2.66
-    assert {k.split(".")[0] for k in ignored} == {"chnl_reduce1", "chnl_reduce2", "chnl_reduce3",
-                                                   "reduce_noise_channel_1", "reduce_noise_channel_2",
-                                                   "reduce_noise_channel_3"}
+    assert {k.split(".")[0] for k in ignored} == {
+        "chnl_reduce1",
+        "chnl_reduce2",
+        "chnl_reduce3",
+        "reduce_noise_channel_1",
+        "reduce_noise_channel_2",
+        "reduce_noise_channel_3",
+    }
     assert pots_config == dict(num_potentials=3, channels=384, patch_size=64)
 
 

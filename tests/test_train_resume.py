@@ -1,4 +1,5 @@
 """The main job as a user runs it: resume after SIGKILL, SIGTERM (preemption), multi-process, bad overrides."""
+
 import json
 import os
 import re
@@ -23,6 +24,7 @@ CONFIG = os.path.join(ROOT, "configs", "demo.py") + ":all,tiny"
 def data_dir(tmp_path_factory):
     d = tmp_path_factory.mktemp("embedded_data")
     from baryir_jax.data.prepare import prepare
+
     prepare("embedded", str(d))
     return str(d)
 
@@ -45,8 +47,16 @@ def _env(cache_dir, devices=1, extra=None):
 
 
 def _cmd(workdir, data_dir, *overrides):
-    return [sys.executable, "-m", "baryir_jax.main", f"--config={CONFIG}", f"--workdir={workdir}",
-            f"--config.data.data_dir={data_dir}", "--config.train.export_model=false", *overrides]
+    return [
+        sys.executable,
+        "-m",
+        "baryir_jax.main",
+        f"--config={CONFIG}",
+        f"--workdir={workdir}",
+        f"--config.data.data_dir={data_dir}",
+        "--config.train.export_model=false",
+        *overrides,
+    ]
 
 
 def _run(cmd, env, timeout=600):
@@ -59,6 +69,7 @@ def _final_params(workdir):
     """The newest checkpoint's train state, read onto this process's first device (whatever devices wrote it)."""
     import jax
     import orbax.checkpoint as ocp
+
     ckpt = os.path.join(workdir, "checkpoints")
     one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     with ocp.CheckpointManager(ckpt, item_handlers={"state": ocp.StandardCheckpointHandler()}) as mngr:
@@ -71,11 +82,13 @@ def _final_params(workdir):
 
 def _load_config(spec):
     from baryir_jax.evaluate.checkpoint import load_config  # the project's config-file loader (path.py[:arg])
+
     return load_config(spec)
 
 
 def _leaves(tree):
     import jax
+
     return jax.tree.leaves(tree)
 
 
@@ -91,14 +104,18 @@ def _losses(stderr):
 def test_sigkill_then_resume_is_bit_identical(tmp_path, data_dir, cache_dir):
     n = 3
     env = _env(cache_dir)
-    common = ("--config.train.num_steps=%d" % (2 * n), "--config.train.checkpoint_every=1",
-              "--config.train.max_to_keep=10")
+    common = (
+        "--config.train.num_steps=%d" % (2 * n),
+        "--config.train.checkpoint_every=1",
+        "--config.train.max_to_keep=10",
+    )
     ref_dir = str(tmp_path / "uninterrupted")
     _run(_cmd(ref_dir, data_dir, *common), env)
 
     run_dir = str(tmp_path / "killed")
-    p = subprocess.Popen(_cmd(run_dir, data_dir, *common), env=env, stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
+    p = subprocess.Popen(
+        _cmd(run_dir, data_dir, *common), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
     target = os.path.join(run_dir, "checkpoints", str(n))
     deadline = time.time() + 600
     while not os.path.isdir(target) and time.time() < deadline and p.poll() is None:
@@ -148,15 +165,27 @@ def _free_port():
 
 def test_two_processes_match_one_process(tmp_path, data_dir, cache_dir):
     steps = 3
-    common = (f"--config.train.num_steps={steps}", "--config.train.log_every=1",
-              "--config.train.checkpoint_every=100")
+    common = (f"--config.train.num_steps={steps}", "--config.train.log_every=1", "--config.train.checkpoint_every=100")
     one = _run(_cmd(str(tmp_path / "one"), data_dir, *common), _env(cache_dir, devices=2))
     port = _free_port()
     multi_dir = str(tmp_path / "two")
-    procs = [subprocess.Popen(_cmd(multi_dir, data_dir, *common, f"--coordinator_address=127.0.0.1:{port}",
-                                   "--num_processes=2", f"--process_id={i}"),
-                              env=_env(cache_dir, devices=1, extra={"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    procs = [
+        subprocess.Popen(
+            _cmd(
+                multi_dir,
+                data_dir,
+                *common,
+                f"--coordinator_address=127.0.0.1:{port}",
+                "--num_processes=2",
+                f"--process_id={i}",
+            ),
+            env=_env(cache_dir, devices=1, extra={"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for i in range(2)
+    ]
     outs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
@@ -177,8 +206,18 @@ def test_two_processes_match_one_process(tmp_path, data_dir, cache_dir):
 
 
 def test_unknown_override_names_the_key(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "baryir_jax.main", f"--config={CONFIG}", f"--workdir={tmp_path}",
-                        "--config.optim.learning_rate=1"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "baryir_jax.main",
+            f"--config={CONFIG}",
+            f"--workdir={tmp_path}",
+            "--config.optim.learning_rate=1",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode != 0
     assert "learning_rate" in r.stderr
     assert "Traceback" not in r.stderr
@@ -188,19 +227,30 @@ def test_config_file_problems_are_one_clear_message(tmp_path):
     demo = os.path.join(ROOT, "configs", "demo.py")
     broken = tmp_path / "broken.py"
     broken.write_text("def get_config(arg=None):\n    return undefined_name\n")
-    for spec, says in ((demo + ":fast", "unknown variant 'fast'; known: tiny, all"),
-                       (str(tmp_path / "missing.py"), "missing.py: no such file"),
-                       (str(broken), "NameError: name 'undefined_name' is not defined")):
-        r = subprocess.run([sys.executable, "-m", "baryir_jax.main", f"--config={spec}",
-                            f"--workdir={tmp_path / 'w'}"], capture_output=True, text=True)
+    for spec, says in (
+        (demo + ":fast", "unknown variant 'fast'; known: tiny, all"),
+        (str(tmp_path / "missing.py"), "missing.py: no such file"),
+        (str(broken), "NameError: name 'undefined_name' is not defined"),
+    ):
+        r = subprocess.run(
+            [sys.executable, "-m", "baryir_jax.main", f"--config={spec}", f"--workdir={tmp_path / 'w'}"],
+            capture_output=True,
+            text=True,
+        )
         assert r.returncode == 2, (spec, r.stderr[-2000:])
         assert says in r.stderr and "Traceback" not in r.stderr, (spec, r.stderr[-2000:])
 
 
 def test_config_and_data_problems_are_one_clear_message(tmp_path):
     three_task = os.path.join(os.path.dirname(CONFIG), "three_task.py")
-    cmd = [sys.executable, "-m", "baryir_jax.main", f"--config={three_task}", f"--workdir={tmp_path / 'w'}",
-           f"--config.data.data_dir={tmp_path / 'empty'}"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "baryir_jax.main",
+        f"--config={three_task}",
+        f"--workdir={tmp_path / 'w'}",
+        f"--config.data.data_dir={tmp_path / 'empty'}",
+    ]
     # 8 forced CPU devices (this test session's XLA_FLAGS) and the official batch of 3: a config problem.
     r = subprocess.run(cmd, capture_output=True, text=True)
     assert r.returncode == 2, r.stderr[-2000:]
@@ -224,10 +274,13 @@ def test_demo_variants_train_what_they_say(tmp_path, data_dir):
     """configs/demo.py: the default is the official 3D task list, `all` adds blur and low light, and the x0.1
     decay of each lands where its comment says (steps per epoch counted from the prepared embedded data)."""
     from baryir_jax.train.loop import Experiment
+
     demo = os.path.join(ROOT, "configs", "demo.py")
     official_3d = _load_config(os.path.join(ROOT, "configs", "three_task.py"))
-    expected = {"": (tuple(official_3d.data.tasks), 18, 702),
-                "all": (tuple(official_3d.data.tasks) + ("deblur", "lowlight"), 32, 704)}
+    expected = {
+        "": (tuple(official_3d.data.tasks), 18, 702),
+        "all": (tuple(official_3d.data.tasks) + ("deblur", "lowlight"), 32, 704),
+    }
     for variant, (tasks, per_epoch, decay_step) in expected.items():
         c = _load_config(demo + (":" + variant if variant else ""))
         assert tuple(c.data.tasks) == tuple(c.eval.tasks) == tasks, variant

@@ -1,4 +1,5 @@
 """The jitted BaryIR step: its loss terms against a direct computation, and 1 vs 8 devices."""
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -29,9 +30,14 @@ def make(c, ids=(0, 1, 2, 3, 4), steps_per_epoch=100):
 
 def batches(n, b=8, p=16, ids=(0, 1, 2, 3, 4), seed=0):
     rng = np.random.default_rng(seed)
-    return [dict(degraded=rng.uniform(0, 1, (b, p, p, 3)).astype(np.float32),
-                 clean=rng.uniform(0, 1, (b, p, p, 3)).astype(np.float32),
-                 degradation_id=rng.choice(ids, b).astype(np.int32)) for _ in range(n)]
+    return [
+        dict(
+            degraded=rng.uniform(0, 1, (b, p, p, 3)).astype(np.float32),
+            clean=rng.uniform(0, 1, (b, p, p, 3)).astype(np.float32),
+            degradation_id=rng.choice(ids, b).astype(np.int32),
+        )
+        for _ in range(n)
+    ]
 
 
 def run(c, n_devices, data, parts):
@@ -50,22 +56,32 @@ def run(c, n_devices, data, parts):
 def test_restorer_loss_terms_match_a_direct_computation():
     """The official per-sample double loops (trainer_bary.py), written out, against the vectorised terms."""
     c = tiny_config()
-    index, lam, bn, pots, *_ , s0 = make(c)
+    index, lam, bn, pots, *_, s0 = make(c)
     b = batches(1)[0]
     out = bn.apply({"params": s0.restorer}, b["degraded"])
     values = np.asarray(pots.apply({"params": s0.potentials}, out.b))
     k = index.indices(b["degradation_id"])
-    l1, transport, aux = sp.restorer_terms(out, jnp.asarray(b["clean"]), jnp.asarray(b["degradation_id"]),
-                                           jnp.asarray(k), jnp.asarray(values), jnp.asarray(lam, jnp.float32),
-                                           tau=0.07, gamma=0.05)
+    l1, transport, aux = sp.restorer_terms(
+        out,
+        jnp.asarray(b["clean"]),
+        jnp.asarray(b["degradation_id"]),
+        jnp.asarray(k),
+        jnp.asarray(values),
+        jnp.asarray(lam, jnp.float32),
+        tau=0.07,
+        gamma=0.05,
+    )
     z, bb, r = (np.asarray(t, np.float64).reshape(8, -1) for t in (out.z, out.b, out.r))
     unit = lambda v: v / max(np.linalg.norm(v), 1e-12)  # noqa: E731
     total = 0.0
     for i in range(8):
         dist = np.sqrt(np.mean((z[i] - bb[i]) ** 2))
         ort = sum(np.dot(unit(bb[i]), unit(r[j])) ** 2 for j in range(8))
-        pos = sum(np.exp(np.dot(unit(r[i]), unit(r[j])) / 0.07) for j in range(8)
-                  if b["degradation_id"][j] == b["degradation_id"][i])
+        pos = sum(
+            np.exp(np.dot(unit(r[i]), unit(r[j])) / 0.07)
+            for j in range(8)
+            if b["degradation_id"][j] == b["degradation_id"][i]
+        )
         allj = sum(np.exp(np.dot(unit(r[i]), unit(r[j])) / 0.07) for j in range(8))
         con = -np.log(pos / allj)
         total += lam[k[i]] * (dist + 0.05 * (ort + con) - values[i, k[i]])
@@ -81,8 +97,9 @@ NEAR_ZERO = ("orthogonality", "map_objective", "potential_objective", "congruenc
 
 
 def _param_diff(t1, t8):
-    return np.concatenate([np.abs(np.asarray(x) - np.asarray(y)).ravel()
-                           for x, y in zip(jax.tree.leaves(t1), jax.tree.leaves(t8))])
+    return np.concatenate(
+        [np.abs(np.asarray(x) - np.asarray(y)).ravel() for x, y in zip(jax.tree.leaves(t1), jax.tree.leaves(t8))]
+    )
 
 
 def _close(a, b, keys, rtol):

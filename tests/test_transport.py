@@ -3,6 +3,7 @@
 Expected values come from the reference worked example, from hand calculation, or from formulas written out
 here independently of the code under test.
 """
+
 import functools
 
 import jax
@@ -25,8 +26,8 @@ def test_costs_per_sample_over_all_non_batch_axes():
     rms = jax.jit(costs.rms_cost)(x, y)
     half = jax.jit(costs.half_sq_cost)(x, y)
     assert rms.shape == half.shape == (3,)
-    np.testing.assert_allclose(rms, np.sqrt((d ** 2).mean(-1)), rtol=1e-6)
-    np.testing.assert_allclose(half, 0.5 * (d ** 2).sum(-1), rtol=1e-6)
+    np.testing.assert_allclose(rms, np.sqrt((d**2).mean(-1)), rtol=1e-6)
+    np.testing.assert_allclose(half, 0.5 * (d**2).sum(-1), rtol=1e-6)
     # a hand-computed case: x − y = (3, 4) → rms = sqrt(12.5), ½‖·‖² = 12.5
     np.testing.assert_allclose(costs.rms_cost(jnp.array([[3.0, 4.0]]), jnp.zeros((1, 2))), [np.sqrt(12.5)])
     np.testing.assert_allclose(costs.half_sq_cost(jnp.array([[3.0, 4.0]]), jnp.zeros((1, 2))), [12.5])
@@ -43,8 +44,11 @@ def test_rms_cost_gradient_is_finite_at_zero_distance():
     assert np.all(np.isfinite(g)) and np.all(g == 0)
     # away from zero: d/dx sqrt(mean(d²)) = d / (D·rms)
     a = jnp.array([[3.0, 4.0]])
-    np.testing.assert_allclose(jax.grad(lambda a: costs.rms_cost(a, jnp.zeros((1, 2)))[0])(a),
-                               [[3.0 / (2 * np.sqrt(12.5)), 4.0 / (2 * np.sqrt(12.5))]], rtol=1e-6)
+    np.testing.assert_allclose(
+        jax.grad(lambda a: costs.rms_cost(a, jnp.zeros((1, 2)))[0])(a),
+        [[3.0 / (2 * np.sqrt(12.5)), 4.0 / (2 * np.sqrt(12.5))]],
+        rtol=1e-6,
+    )
 
 
 # -------------------------------------------------------------------------------------- closed forms
@@ -75,8 +79,7 @@ def test_commuting_case_is_exact():
 def test_agrees_with_ott_bures_barycenter():
     costs_ott = pytest.importorskip("ott.geometry.costs")
     with jax.enable_x64(True):
-        xs = jnp.stack([costs_ott.mean_and_cov_to_x(jnp.asarray(m), jnp.asarray(c), 2)
-                        for m, c in zip(MEANS, COVS)])
+        xs = jnp.stack([costs_ott.mean_and_cov_to_x(jnp.asarray(m), jnp.asarray(c), 2) for m, c in zip(MEANS, COVS)])
         x_bar, _ = costs_ott.Bures(dimension=2).barycenter(jnp.asarray(LAM), xs, tolerance=1e-10)
         m_ott, c_ott = costs_ott.x_to_means_and_covs(x_bar, 2)
         w2_ott = float(costs_ott.Bures(dimension=2)(xs[0], xs[1]))
@@ -92,9 +95,9 @@ def test_optimal_maps_push_each_source_onto_the_barycenter():
         b0 = t(mk[None])[0]
         a = np.stack([t((mk + e)[None])[0] - b0 for e in np.eye(2)], axis=1)  # the linear part
         np.testing.assert_allclose(b0, m_bar, atol=1e-12)
-        np.testing.assert_allclose(a, a.T, atol=1e-12)                        # a gradient of a convex map
+        np.testing.assert_allclose(a, a.T, atol=1e-12)  # a gradient of a convex map
         assert np.all(np.linalg.eigvalsh(a) > 0)
-        np.testing.assert_allclose(a @ ck @ a.T, c_bar, atol=1e-10)             # pushforward covariance
+        np.testing.assert_allclose(a @ ck @ a.T, c_bar, atol=1e-10)  # pushforward covariance
 
 
 def test_one_dimensional_quantile_barycenter():
@@ -117,7 +120,7 @@ def test_one_dimensional_quantile_barycenter():
 
 
 def test_uvp_metrics_on_hand_computed_cases():
-    c_bar = np.diag([1.0, 3.0])                                   # Var(Q*) = 4
+    c_bar = np.diag([1.0, 3.0])  # Var(Q*) = 4
     rng = np.random.default_rng(1)
     opt = rng.standard_normal((100, 2))
     assert abs(gaussian.l2_uvp(opt + np.array([1.0, 0.0]), opt, 4.0) - 25.0) < 1e-12
@@ -135,13 +138,15 @@ def test_eigen_warped_covariance_spectrum():
     rng = np.random.default_rng(3)
     for d in (1, 2, 5):
         c = gaussian.eigen_warped_covariance(rng, d)
-        np.testing.assert_allclose(np.sort(np.linalg.eigvalsh(c)),
-                                   np.exp(np.linspace(np.log(0.5), np.log(2.0), d)) ** 2, rtol=1e-10)
+        np.testing.assert_allclose(
+            np.sort(np.linalg.eigvalsh(c)), np.exp(np.linspace(np.log(0.5), np.log(2.0), d)) ** 2, rtol=1e-10
+        )
     a, b = gaussian.eigen_warped_covariance(rng, 4), gaussian.eigen_warped_covariance(rng, 4)
-    assert not np.allclose(a, b)                                   # random rotations
+    assert not np.allclose(a, b)  # random rotations
 
 
 # -------------------------------------------------------------------------------------------- congruence
+
 
 def _random_g(key, k, n=64, dim=3):
     """Raw potentials: K small random MLPs at n random points, (n, K)."""
@@ -162,7 +167,7 @@ def test_exact_congruence_residual(lam, mode):
     rel = np.max(np.abs(f64 @ np.asarray(lam, np.float64))) / np.max(np.abs(f64))
     assert rel <= 1e-5
     assert float(cg.residual(f, lam)) <= 1e-5
-    assert float(cg.residual(g, lam)) > 1e-2               # the raw g are not congruent
+    assert float(cg.residual(g, lam)) > 1e-2  # the raw g are not congruent
     # the congruent f still depends on the potentials (not identically zero)
     assert np.max(np.abs(f64)) > 0.1
 
@@ -187,7 +192,7 @@ def test_congruence_formulas_by_hand():
 
 def test_penalty_last_point_and_batch():
     lam = jnp.array([0.5, 0.5])
-    v = jnp.array([[1.0, 1.0], [0.0, 2.0], [2.0, 4.0]])      # Σλf = 1, 1, 3
+    v = jnp.array([[1.0, 1.0], [0.0, 2.0], [2.0, 4.0]])  # Σλf = 1, 1, 3
     assert float(cg.penalty(v, lam)) == pytest.approx(10.0 * 9.0)
     assert float(cg.penalty(v, lam, kappa=2.0, points="batch")) == pytest.approx(2.0 * (1 + 1 + 9) / 3)
     with pytest.raises(ValueError):
@@ -196,8 +201,7 @@ def test_penalty_last_point_and_batch():
 
 def test_lambdas_from_counts():
     # BaryIR §3.4 table: 3D [77160, 72000, 72135] → [0.3183, 0.3412, 0.3405]
-    np.testing.assert_allclose(cg.lambdas_from_counts([77160, 72000, 72135]), [0.3183, 0.3412, 0.3405],
-                               atol=1e-4)
+    np.testing.assert_allclose(cg.lambdas_from_counts([77160, 72000, 72135]), [0.3183, 0.3412, 0.3405], atol=1e-4)
     np.testing.assert_allclose(cg.lambdas_from_counts([1, 1, 2]), [0.4, 0.4, 0.2])
     with pytest.raises(ValueError):
         cg.lambdas_from_counts([3, 0])
@@ -207,9 +211,9 @@ def test_potential_index_any_subset():
     full = cg.PotentialIndex(range(8))
     assert full.num_potentials == 6
     np.testing.assert_array_equal(full.indices([0, 1, 2, 3, 4, 5, 6, 7]), [0, 0, 0, 1, 2, 3, 4, 5])
-    three = cg.PotentialIndex([3, 4, 0, 1, 2])                   # 3D: derain, dehaze, σ15/25/50
+    three = cg.PotentialIndex([3, 4, 0, 1, 2])  # 3D: derain, dehaze, σ15/25/50
     np.testing.assert_array_equal(three.indices([2, 3, 4, 0]), [0, 1, 2, 0])
-    no_noise = cg.PotentialIndex([4, 3])                          # the official mapping breaks here
+    no_noise = cg.PotentialIndex([4, 3])  # the official mapping breaks here
     assert no_noise.num_potentials == 2
     np.testing.assert_array_equal(no_noise.indices([3, 4]), [0, 1])
     odd = cg.PotentialIndex([9, 6, 1])
@@ -221,18 +225,20 @@ def test_potential_index_any_subset():
     got = jax.jit(odd.lookup)(jnp.array([9, 1, 6, 5, 42, -1]))
     np.testing.assert_array_equal(got, [2, 0, 1, -1, -1, -1])
     # per-potential counts and λ
-    np.testing.assert_allclose(three.source_counts({0: 25720, 1: 25720, 2: 25720, 3: 72000, 4: 72135}),
-                               [77160, 72000, 72135])
+    np.testing.assert_allclose(
+        three.source_counts({0: 25720, 1: 25720, 2: 25720, 3: 72000, 4: 72135}), [77160, 72000, 72135]
+    )
     with pytest.raises(ValueError, match="no count"):
         three.source_counts({0: 1, 3: 1, 4: 1})
 
 
 # ----------------------------------------------------------------------------------------- objectives
 
+
 def test_objectives_by_hand():
     lam = jnp.array([0.25, 0.75])
     values = jnp.array([[1.0, 10.0], [2.0, 20.0], [3.0, 30.0]])
-    idx = jnp.array([0, 1, -1])                                   # the last point is masked
+    idx = jnp.array([0, 1, -1])  # the last point is masked
     cost = jnp.array([5.0, 7.0, 100.0])
     extra = jnp.array([1.0, 1.0, 1.0])
     # mean over N=3 of λ_k(i)(c + e − f): (0.25·(5+1−1) + 0.75·(7+1−20) + 0) / 3
@@ -248,8 +254,7 @@ def test_objective_wiring_with_the_closed_form_maps():
     n, k = 100_000, 3
     rng = np.random.default_rng(0)
     y = rng.standard_normal((n, 2)) @ gaussian.sqrtm_psd(c_bar) + m_bar
-    xs = [mk + (y - m_bar) @ np.linalg.inv(gaussian.gaussian_map_matrix(ck, c_bar)).T
-          for mk, ck in zip(MEANS, COVS)]
+    xs = [mk + (y - m_bar) @ np.linalg.inv(gaussian.gaussian_map_matrix(ck, c_bar)).T for mk, ck in zip(MEANS, COVS)]
     lam = jnp.asarray(LAM, jnp.float32)
     x_all = jnp.asarray(np.concatenate(xs), jnp.float32)
     y_all = jnp.asarray(np.tile(y, (k, 1)), jnp.float32)
@@ -264,8 +269,7 @@ def test_objective_wiring_with_the_closed_form_maps():
     def terms(x_all, y_all):
         f = game.potential_values(g_apply, (w1, w2), y_all, lam, "exact")
         cost = costs.half_sq_cost(x_all, y_all)
-        return (game.map_objective(cost, f, idx, lam), game.potential_objective(f, idx, lam),
-                jnp.max(jnp.abs(f)))
+        return (game.map_objective(cost, f, idx, lam), game.potential_objective(f, idx, lam), jnp.max(jnp.abs(f)))
 
     loss, pot, fmax = terms(x_all, y_all)
     assert float(fmax) > 0.1
@@ -302,7 +306,7 @@ def _pots_apply(pp, y):
     return jnp.concatenate([_mlp(pp[f"potential_{k}"], y) for k in range(K)], axis=-1)
 
 
-def _shared_map(mp, x):            # one map T for all sources (BaryIR's case)
+def _shared_map(mp, x):  # one map T for all sources (BaryIR's case)
     return x + _mlp(mp, x)
 
 
@@ -341,8 +345,9 @@ def test_gradient_signs_of_the_two_players(congruence):
     batch = _batch(jax.random.key(0))
     map_loss_fn, pushforward_fn, value = _problem(congruence)
     before = float(value(mp, pp, batch))
-    common = dict(map_loss_fn=map_loss_fn, pushforward_fn=pushforward_fn, potential_apply=_pots_apply,
-                  congruence=congruence)
+    common = dict(
+        map_loss_fn=map_loss_fn, pushforward_fn=pushforward_fn, potential_apply=_pots_apply, congruence=congruence
+    )
     # maps move, potentials frozen (learning rate 0)
     step = game.make_game_step(map_tx=optax.sgd(1e-2), pot_tx=optax.sgd(0.0), **common)
     s, _ = step(game.init_state(mp, pp, optax.sgd(1e-2), optax.sgd(0.0)), batch, LAM_J)
@@ -364,10 +369,15 @@ def test_inner_map_steps_scan_uses_one_batch_per_step():
     batches = _batch(jax.random.key(3), 4)
     map_loss_fn, pushforward_fn, _ = _problem("exact")
     tx = optax.sgd(1e-2)
-    kw = dict(map_loss_fn=map_loss_fn, pushforward_fn=pushforward_fn, potential_apply=_pots_apply,
-              map_tx=tx, pot_tx=optax.sgd(0.0), congruence="exact")
-    s4, m4 = game.make_game_step(inner_map_steps=4, **kw)(game.init_state(mp, pp, tx, optax.sgd(0.0)),
-                                                          batches, LAM_J)
+    kw = dict(
+        map_loss_fn=map_loss_fn,
+        pushforward_fn=pushforward_fn,
+        potential_apply=_pots_apply,
+        map_tx=tx,
+        pot_tx=optax.sgd(0.0),
+        congruence="exact",
+    )
+    s4, m4 = game.make_game_step(inner_map_steps=4, **kw)(game.init_state(mp, pp, tx, optax.sgd(0.0)), batches, LAM_J)
     # the same four updates done one step at a time
     one = game.make_game_step(inner_map_steps=1, **kw)
     s = game.init_state(mp, pp, tx, optax.sgd(0.0))
@@ -378,12 +388,12 @@ def test_inner_map_steps_scan_uses_one_batch_per_step():
     assert float(m4["map_loss_mean"]) != pytest.approx(float(m4["map_loss"]), rel=1e-6)
     assert "mean_shift" in m4 and "congruence_residual" in m4
     with pytest.raises(ValueError, match="leading axis"):
-        game.make_game_step(inner_map_steps=3, **kw)(game.init_state(mp, pp, tx, optax.sgd(0.0)), batches,
-                                                     LAM_J)
+        game.make_game_step(inner_map_steps=3, **kw)(game.init_state(mp, pp, tx, optax.sgd(0.0)), batches, LAM_J)
 
 
 def _manual_potential_losses(idx, y, lam):
     """The official potential losses written out independently of game.py."""
+
     def l_f(pp):
         v = _pots_apply(pp, y)
         return jnp.mean(lam[idx] * v[jnp.arange(v.shape[0]), idx])
@@ -402,11 +412,17 @@ def test_potential_update_two_step_and_summed(update):
     batch = _batch(jax.random.key(3))
     map_loss_fn, pushforward_fn, _ = _problem("penalty")
     lr = 0.05
-    step = game.make_game_step(map_loss_fn=map_loss_fn, pushforward_fn=pushforward_fn,
-                               potential_apply=_pots_apply, map_tx=optax.sgd(1e-2), pot_tx=optax.sgd(lr),
-                               congruence="penalty", potential_update=update)
+    step = game.make_game_step(
+        map_loss_fn=map_loss_fn,
+        pushforward_fn=pushforward_fn,
+        potential_apply=_pots_apply,
+        map_tx=optax.sgd(1e-2),
+        pot_tx=optax.sgd(lr),
+        congruence="penalty",
+        potential_update=update,
+    )
     s, m = step(game.init_state(mp, pp, optax.sgd(1e-2), optax.sgd(lr)), batch, LAM_J)
-    y = _shared_map(s.map_params, batch[0])                     # the fresh forward with the updated map
+    y = _shared_map(s.map_params, batch[0])  # the fresh forward with the updated map
     l_f, l_cong = _manual_potential_losses(IDX, y, LAM_J)
     l_f, l_cong = jax.jit(l_f), jax.jit(l_cong)
     sgd = lambda p, g: jax.tree.map(lambda a, b: a - lr * b, p, g)  # noqa: E731
@@ -424,16 +440,22 @@ def test_skip_absent_potentials_keeps_params_and_optimizer_state():
     mp = _mlp_init(jax.random.key(1), [D, 16, D])
     pp = _pots_init(jax.random.key(2))
     x, all_idx = _batch(jax.random.key(3))
-    no_1 = jnp.where(all_idx == 1, 0, all_idx)                          # source 1 absent
-    tx = optax.rmsprop(1e-3, decay=0.99, eps=1e-8, eps_in_sqrt=False)   # torch RMSprop defaults
+    no_1 = jnp.where(all_idx == 1, 0, all_idx)  # source 1 absent
+    tx = optax.rmsprop(1e-3, decay=0.99, eps=1e-8, eps_in_sqrt=False)  # torch RMSprop defaults
     map_loss_fn, pushforward_fn, _ = _problem("none")
     results = {}
     for skip in (False, True):
-        step = game.make_game_step(map_loss_fn=map_loss_fn, pushforward_fn=pushforward_fn,
-                                   potential_apply=_pots_apply, map_tx=optax.sgd(1e-2), pot_tx=tx,
-                                   congruence="none", skip_absent_potentials=skip)
+        step = game.make_game_step(
+            map_loss_fn=map_loss_fn,
+            pushforward_fn=pushforward_fn,
+            potential_apply=_pots_apply,
+            map_tx=optax.sgd(1e-2),
+            pot_tx=tx,
+            congruence="none",
+            skip_absent_potentials=skip,
+        )
         s = game.init_state(mp, pp, optax.sgd(1e-2), tx)
-        s, _ = step(s, (x, all_idx), LAM_J)      # first every potential present, so the state is ≠ 0
+        s, _ = step(s, (x, all_idx), LAM_J)  # first every potential present, so the state is ≠ 0
         prev = s
         s, m = step(s, (x, no_1), LAM_J)
         results[skip] = (prev, s, m)
@@ -441,18 +463,30 @@ def test_skip_absent_potentials_keeps_params_and_optimizer_state():
     assert int(m["potentials_present"]) == 2
     jax.tree.map(np.testing.assert_array_equal, s.pot_params["potential_1"], prev.pot_params["potential_1"])
     nu = lambda st: st[0].nu  # noqa: E731  (ScaleByRmsState mirrors the params tree)
-    jax.tree.map(np.testing.assert_array_equal, nu(s.pot_opt_state)["potential_1"],
-                 nu(prev.pot_opt_state)["potential_1"])
-    for name in ("potential_0", "potential_2"):               # present potentials do move
+    jax.tree.map(
+        np.testing.assert_array_equal, nu(s.pot_opt_state)["potential_1"], nu(prev.pot_opt_state)["potential_1"]
+    )
+    for name in ("potential_0", "potential_2"):  # present potentials do move
         assert not np.allclose(s.pot_params[name][0]["w"], prev.pot_params[name][0]["w"])
         assert not np.allclose(nu(s.pot_opt_state)[name][0]["w"], nu(prev.pot_opt_state)[name][0]["w"])
     # without the option, optax decays the absent potential's second moment (what the option prevents)
     prev_f, s_f, _ = results[False]
-    assert not np.allclose(nu(s_f.pot_opt_state)["potential_1"][0]["w"],
-                           nu(prev_f.pot_opt_state)["potential_1"][0]["w"])
+    assert not np.allclose(
+        nu(s_f.pot_opt_state)["potential_1"][0]["w"], nu(prev_f.pot_opt_state)["potential_1"][0]["w"]
+    )
     with pytest.raises(ValueError, match="skip_absent_potentials"):
-        game.game_step(s, (x, all_idx), LAM_J, map_loss_fn=None, pushforward_fn=None, potential_apply=None,
-                       map_tx=tx, pot_tx=tx, congruence="exact", skip_absent_potentials=True)
+        game.game_step(
+            s,
+            (x, all_idx),
+            LAM_J,
+            map_loss_fn=None,
+            pushforward_fn=None,
+            potential_apply=None,
+            map_tx=tx,
+            pot_tx=tx,
+            congruence="exact",
+            skip_absent_potentials=True,
+        )
 
 
 def test_game_step_metrics_are_flat_finite_scalars():
@@ -460,11 +494,27 @@ def test_game_step_metrics_are_flat_finite_scalars():
     pp = _pots_init(jax.random.key(2))
     map_loss_fn, pushforward_fn, _ = _problem("penalty")
     tx = optax.adam(1e-3)
-    step = jax.jit(functools.partial(game.game_step, map_loss_fn=map_loss_fn, pushforward_fn=pushforward_fn,
-                                     potential_apply=_pots_apply, map_tx=tx, pot_tx=tx,
-                                     penalty_points="batch"))
+    step = jax.jit(
+        functools.partial(
+            game.game_step,
+            map_loss_fn=map_loss_fn,
+            pushforward_fn=pushforward_fn,
+            potential_apply=_pots_apply,
+            map_tx=tx,
+            pot_tx=tx,
+            penalty_points="batch",
+        )
+    )
     s, m = step(game.init_state(mp, pp, tx, tx), _batch(jax.random.key(3)), LAM_J)
-    for key in ("map_loss", "map_loss_mean", "potential_objective", "congruence_penalty",
-                "congruence_residual", "congruence_abs", "potentials_present", "mean_shift"):
+    for key in (
+        "map_loss",
+        "map_loss_mean",
+        "potential_objective",
+        "congruence_penalty",
+        "congruence_residual",
+        "congruence_abs",
+        "potentials_present",
+        "mean_shift",
+    ):
         assert np.shape(m[key]) == () and np.isfinite(m[key]), key
     assert isinstance(s, game.GameState)

@@ -6,6 +6,7 @@ Settings (all tests): D = 2, K = 3, λ = (.25, .25, .5), EigenWarp Gaussians, pe
 with these settings at 500 epochs, seeds 0–3: weighted L2-UVP 0.21 / 0.38 / 0.33 / 0.39 %, BW2-UVP
 0.14 / 0.27 / 0.17 / 0.26 % (thresholds 1 %).
 """
+
 import json
 import math
 import os
@@ -58,11 +59,13 @@ def test_cli_help_and_bad_input(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "--congruence" in out and "--inner-steps" in out
-    for args, message in [(["--k", "3", "--weights", ".5,.5"], "--weights has 2 entries but --k is 3"),
-                          (["--k", "2", "--weights", ".5,.6"], "must sum to 1"),
-                          (["--k", "2", "--weights=-.5,1.5"], "must be positive"),
-                          (["--k", "2", "--weights", "a,b"], "comma-separated numbers"),
-                          (["--k", "2", "--inner-steps", "0"], "--inner-steps must be at least 1")]:
+    for args, message in [
+        (["--k", "3", "--weights", ".5,.5"], "--weights has 2 entries but --k is 3"),
+        (["--k", "2", "--weights", ".5,.6"], "must sum to 1"),
+        (["--k", "2", "--weights=-.5,1.5"], "must be positive"),
+        (["--k", "2", "--weights", "a,b"], "comma-separated numbers"),
+        (["--k", "2", "--inner-steps", "0"], "--inner-steps must be at least 1"),
+    ]:
         with pytest.raises(SystemExit) as e:
             toy.main(["--dim", "2", "--epochs", "1", *args])
         assert e.value.code == 2
@@ -70,10 +73,35 @@ def test_cli_help_and_bad_input(capsys):
 
 
 def test_cli_prints_one_json_line():
-    p = subprocess.run([sys.executable, "-m", "baryir_jax.transport.toy", "--dim", "3", "--k", "2", "--weights",
-                        ".3,.7", "--epochs", "3", "--inner-steps", "2", "--batch", "32", "--eval-samples", "500",
-                        "--congruence", "penalty", "--eval-every", "1"],
-                       capture_output=True, text=True, timeout=240, env=dict(os.environ))
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "baryir_jax.transport.toy",
+            "--dim",
+            "3",
+            "--k",
+            "2",
+            "--weights",
+            ".3,.7",
+            "--epochs",
+            "3",
+            "--inner-steps",
+            "2",
+            "--batch",
+            "32",
+            "--eval-samples",
+            "500",
+            "--congruence",
+            "penalty",
+            "--eval-every",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env=dict(os.environ),
+    )
     assert p.returncode == 0, p.stderr
     lines = p.stdout.strip().splitlines()
     assert len(lines) == 1

@@ -5,6 +5,7 @@ multipliers) at patch 128 with 0 and 2 grain worker processes. By default it run
 (prepared into a temporary folder, no download); pass `--data_dir` with `--collection benchmark` to measure
 the prepared benchmark sets instead. Everything but the JSON line goes to stderr.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -20,11 +21,30 @@ import time
 THREE_D = ["derain", "dehaze", "denoise_15", "denoise_25", "denoise_50"]
 
 
-def measure(data_dir: str, tasks, collection: str, patch: int, batch: int, batches: int, warmup: int,
-            workers: int, seed: int = 0) -> dict:
+def measure(
+    data_dir: str,
+    tasks,
+    collection: str,
+    patch: int,
+    batch: int,
+    batches: int,
+    warmup: int,
+    workers: int,
+    seed: int = 0,
+) -> dict:
     from baryir_jax.data.pipeline import make_train_pipeline
-    ds = make_train_pipeline(data_dir, tasks, collection=collection, patch_size=patch, global_batch_size=batch,
-                             seed=seed, worker_count=workers, process_index=0, process_count=1)
+
+    ds = make_train_pipeline(
+        data_dir,
+        tasks,
+        collection=collection,
+        patch_size=patch,
+        global_batch_size=batch,
+        seed=seed,
+        worker_count=workers,
+        process_index=0,
+        process_count=1,
+    )
     it = iter(ds)
     start = time.perf_counter()
     for _ in range(warmup):
@@ -37,8 +57,11 @@ def measure(data_dir: str, tasks, collection: str, patch: int, batch: int, batch
     close = getattr(it, "close", None)
     if close is not None:
         close()
-    return {"images_per_s": round(batches * batch / seconds, 1), "seconds": round(seconds, 3),
-            "warmup_seconds": round(first, 3)}
+    return {
+        "images_per_s": round(batches * batch / seconds, 1),
+        "seconds": round(seconds, 3),
+        "warmup_seconds": round(first, 3),
+    }
 
 
 def main(argv=None) -> int:
@@ -54,6 +77,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
 
     from absl import flags
+
     if not flags.FLAGS.is_parsed():  # grain's worker processes read absl flags
         flags.FLAGS.mark_as_parsed()
 
@@ -64,16 +88,19 @@ def main(argv=None) -> int:
         if args.collection == "embedded":
             from baryir_jax.data import sources
             from baryir_jax.data.prepare import prepare
+
             if not sources.is_prepared(sources.get_builder(data_dir, "embedded", progress=False)):
                 with contextlib.redirect_stdout(sys.stderr):
                     prepare("embedded", data_dir, progress=False, out=lambda s: print(s, file=sys.stderr))
         results = {}
         for w in args.workers:
-            results[str(w)] = measure(data_dir, args.tasks, args.collection, args.patch, args.batch, args.batches,
-                                      args.warmup, w)
+            results[str(w)] = measure(
+                data_dir, args.tasks, args.collection, args.patch, args.batch, args.batches, args.warmup, w
+            )
             print(f"workers={w}: {results[str(w)]}", file=sys.stderr)
 
     import grain
+
     line = {
         "bench": "input_pipeline",
         "mixture": "3D" if sorted(args.tasks) == sorted(THREE_D) else "+".join(args.tasks),

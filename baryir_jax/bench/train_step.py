@@ -7,6 +7,7 @@ memory (device peak where the backend reports it, else the process's peak RSS). 
 on the same machine — restorer step, fresh forward, the two potential steps, as ``trainer_bary.py`` does — and
 prints the JAX/PyTorch speed ratio.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,10 +44,13 @@ def bench_jax(config_path: str, dtype: str, batch: int, patch: int, steps: int, 
     rng = np.random.default_rng(0)
     ids = np.asarray(exp.degradation_ids(), np.int32)
     b = config.data.batch_size
-    host = dict(degraded=rng.uniform(0, 1, (b, patch, patch, 3)).astype(np.float32),
-                clean=rng.uniform(0, 1, (b, patch, patch, 3)).astype(np.float32),
-                degradation_id=ids[np.arange(b) % len(ids)])
+    host = dict(
+        degraded=rng.uniform(0, 1, (b, patch, patch, 3)).astype(np.float32),
+        clean=rng.uniform(0, 1, (b, patch, patch, 3)).astype(np.float32),
+        degradation_id=ids[np.arange(b) % len(ids)],
+    )
     from baryir_jax.data.to_mesh import host_batch_to_global
+
     batch_arr = host_batch_to_global(host, exp.mesh)
     t0 = time.perf_counter()
     compiled = jstep.lower(state, batch_arr).compile()
@@ -64,16 +68,26 @@ def bench_jax(config_path: str, dtype: str, batch: int, patch: int, steps: int, 
     dev = jax.devices()[0]
     stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
     peak = (stats or {}).get("peak_bytes_in_use")
-    return dict(impl="jax", dtype=dtype, device=f"{dev.platform}:{dev.device_kind}", devices=jax.device_count(),
-                batch=b, patch=patch, seconds_per_step=round(dt, 4), images_per_s=round(b / dt, 3),
-                compile_seconds=round(compile_s, 1),
-                peak_memory_mb=round(peak / 2 ** 20, 1) if peak else round(_peak_rss_mb(), 1),
-                peak_memory_kind="device" if peak else "process_rss",
-                finite=bool(m["finite"]), jax=jax.__version__)
+    return dict(
+        impl="jax",
+        dtype=dtype,
+        device=f"{dev.platform}:{dev.device_kind}",
+        devices=jax.device_count(),
+        batch=b,
+        patch=patch,
+        seconds_per_step=round(dt, 4),
+        images_per_s=round(b / dt, 3),
+        compile_seconds=round(compile_s, 1),
+        peak_memory_mb=round(peak / 2**20, 1) if peak else round(_peak_rss_mb(), 1),
+        peak_memory_kind="device" if peak else "process_rss",
+        finite=bool(m["finite"]),
+        jax=jax.__version__,
+    )
 
 
-def bench_official(repo: str, batch: int, patch: int, steps: int, warmup: int, num_potentials: int = 3,
-                   autocast_bf16: bool = False) -> dict:
+def bench_official(
+    repo: str, batch: int, patch: int, steps: int, warmup: int, num_potentials: int = 3, autocast_bf16: bool = False
+) -> dict:
     """One official training iteration (trainer_bary.py's order of operations), timed in PyTorch.
 
     ``autocast_bf16`` runs the forward passes under ``torch.autocast(bfloat16)`` (the official code has no mixed
@@ -81,8 +95,10 @@ def bench_official(repo: str, batch: int, patch: int, steps: int, warmup: int, n
     import contextlib
     import torch
     import torch.nn.functional as F
+
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "tests", "fixtures"))
     from make_parity_fixture import import_official  # stubs torchvision.utils if needed
+
     mb = import_official(repo)
     dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     net = mb.BaryNet(decoder=True).to(dev).train()
@@ -145,16 +161,25 @@ def bench_official(repo: str, batch: int, patch: int, steps: int, warmup: int, n
     if dev.type == "cuda":
         torch.cuda.synchronize()
     dt = (time.perf_counter() - t0) / steps
-    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if dev.type == "cuda" else _peak_rss_mb()
-    return dict(impl="pytorch-official", dtype="bfloat16-autocast" if autocast_bf16 else "float32",
-                device=str(dev), batch=batch, patch=patch,
-                seconds_per_step=round(dt, 4), images_per_s=round(batch / dt, 3), peak_memory_mb=round(peak, 1),
-                peak_memory_kind="device" if dev.type == "cuda" else "process_rss", torch=torch.__version__,
-                threads=torch.get_num_threads())
+    peak = torch.cuda.max_memory_allocated() / 2**20 if dev.type == "cuda" else _peak_rss_mb()
+    return dict(
+        impl="pytorch-official",
+        dtype="bfloat16-autocast" if autocast_bf16 else "float32",
+        device=str(dev),
+        batch=batch,
+        patch=patch,
+        seconds_per_step=round(dt, 4),
+        images_per_s=round(batch / dt, 3),
+        peak_memory_mb=round(peak, 1),
+        peak_memory_kind="device" if dev.type == "cuda" else "process_rss",
+        torch=torch.__version__,
+        threads=torch.get_num_threads(),
+    )
 
 
 def _load_config(path: str):
     import importlib.util
+
     path, _, arg = path.partition(":")
     spec = importlib.util.spec_from_file_location("bench_config", path)
     mod = importlib.util.module_from_spec(spec)
@@ -165,8 +190,8 @@ def _load_config(path: str):
 def _in_subprocess(args: list[str]) -> dict:
     """Each measurement in a fresh process, so that peak memory and compile caches are its own."""
     import subprocess
-    r = subprocess.run([sys.executable, "-m", "baryir_jax.bench.train_step", *args], capture_output=True,
-                       text=True)
+
+    r = subprocess.run([sys.executable, "-m", "baryir_jax.bench.train_step", *args], capture_output=True, text=True)
     if r.returncode != 0:
         raise SystemExit(f"bench run {args} failed:\n{r.stderr[-4000:]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
@@ -185,14 +210,29 @@ def main(argv=None):
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one measurement, in this process
     a = p.parse_args(argv)
     if a.only in ("official", "official-bf16"):
-        print(json.dumps(bench_official(a.official_repo, a.batch, a.patch, a.steps, a.warmup,
-                                        autocast_bf16=a.only == "official-bf16")))
+        print(
+            json.dumps(
+                bench_official(
+                    a.official_repo, a.batch, a.patch, a.steps, a.warmup, autocast_bf16=a.only == "official-bf16"
+                )
+            )
+        )
         return
     if a.only:
         print(json.dumps(bench_jax(a.config, a.only, a.batch, a.patch, a.steps, a.warmup)))
         return
-    common = ["--config", a.config, "--batch", str(a.batch), "--patch", str(a.patch), "--steps", str(a.steps),
-              "--warmup", str(a.warmup)]
+    common = [
+        "--config",
+        a.config,
+        "--batch",
+        str(a.batch),
+        "--patch",
+        str(a.patch),
+        "--steps",
+        str(a.steps),
+        "--warmup",
+        str(a.warmup),
+    ]
     results = []
     for dtype in a.dtypes.split(","):
         r = _in_subprocess(common + ["--only", dtype.strip()])

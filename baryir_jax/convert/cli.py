@@ -1,4 +1,5 @@
 """``baryir-convert --checkpoint FILE --output DIR``: an official BaryIR checkpoint → a model checkpoint."""
+
 from __future__ import annotations
 
 import argparse
@@ -11,12 +12,17 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="baryir-convert",
         description="Convert an official BaryIR PyTorch checkpoint (a whole pickled model as saved by the official "
-                    "trainer, or a state dict) into a baryir_jax model checkpoint directory. The file is read "
-                    "without PyTorch, and without running any code it contains.")
+        "trainer, or a state dict) into a baryir_jax model checkpoint directory. The file is read "
+        "without PyTorch, and without running any code it contains.",
+    )
     p.add_argument("--checkpoint", required=True, help="the .pth/.pt file")
     p.add_argument("--output", required=True, help="a new (or empty) directory for the converted checkpoint")
-    p.add_argument("--patch-size", type=int, default=None,
-                   help="training patch size of the potentials (default: read off their shapes; 128 or 144)")
+    p.add_argument(
+        "--patch-size",
+        type=int,
+        default=None,
+        help="training patch size of the potentials (default: read off their shapes; 128 or 144)",
+    )
     p.add_argument("--no-potentials", action="store_true", help="convert the restorer only")
     args = p.parse_args(argv)
 
@@ -38,11 +44,17 @@ def main(argv=None) -> int:
         return 1
     t_read = time.perf_counter() - t0
     pots = None if args.no_potentials else out["potentials"]
-    save_model_checkpoint(args.output, out["barynet"], out["barynet_config"], pots,
-                          out["potentials_config"] if pots is not None else None,
-                          extra={"converted_from": os.path.basename(args.checkpoint)})
+    save_model_checkpoint(
+        args.output,
+        out["barynet"],
+        out["barynet_config"],
+        pots,
+        out["potentials_config"] if pots is not None else None,
+        extra={"converted_from": os.path.basename(args.checkpoint)},
+    )
     total = time.perf_counter() - t0
     import jax
+
     n = sum(x.size for x in jax.tree.leaves(out["barynet"]))
     msg = f"BaryNet {n:,} parameters"
     if pots is not None:

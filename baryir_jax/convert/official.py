@@ -14,6 +14,7 @@ The model sizes are read off the state dict. The official unused convs (``chnl_r
 ``reduce_noise_channel_*``) are ignored and reported; anything missing, mis-shaped or unexpected is an error
 naming the key and both shapes.
 """
+
 from __future__ import annotations
 
 import re
@@ -64,12 +65,14 @@ def split_checkpoint(obj) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray] 
     if restorer is None:
         raise ConversionError(
             f"no restorer found in the checkpoint: expected one of the keys {list(_RESTORER_KEYS)}, found "
-            f"{sorted(map(str, obj.keys()))}")
+            f"{sorted(map(str, obj.keys()))}"
+        )
     pots = next((obj[k] for k in _POTENTIAL_KEYS if k in obj), None)
     return _as_state_dict(restorer, "restorer"), (_as_state_dict(pots, "potentials") if pots is not None else None)
 
 
 # --- BaryNet ------------------------------------------------------------------------------------------------
+
 
 def _flax_path(torch_key: str) -> tuple[str, ...]:
     toks = torch_key.split(".")
@@ -101,25 +104,36 @@ def _count(sd, prefix):
 
 def infer_barynet_config(sd: Mapping[str, np.ndarray]) -> dict[str, Any]:
     """BaryNet keyword arguments read off an official state dict."""
+
     def need(key):
         if key not in sd:
-            raise ConversionError(f"missing parameter '{key}' (expected shape: see BaryNet); is this a BaryNet "
-                                  "checkpoint?")
+            raise ConversionError(
+                f"missing parameter '{key}' (expected shape: see BaryNet); is this a BaryNet checkpoint?"
+            )
         return sd[key]
 
     pe = need("patch_embed.proj.weight")
     dim, inp = int(pe.shape[0]), int(pe.shape[1])
     out = int(need("output.weight").shape[0])
     blocks = [_count(sd, p) for p in ("encoder_level1", "encoder_level2", "encoder_level3", "latent")]
-    heads = [int(need(f"{p}.0.attn.temperature").shape[0])
-             for p in ("encoder_level1", "encoder_level2", "encoder_level3", "latent")]
+    heads = [
+        int(need(f"{p}.0.attn.temperature").shape[0])
+        for p in ("encoder_level1", "encoder_level2", "encoder_level3", "latent")
+    ]
     hidden = int(need("encoder_level1.0.ffn.project_in.weight").shape[0]) // 2
     ffn = 2.66 if int(dim * 2.66) == hidden else hidden / dim
-    return dict(inp_channels=inp, out_channels=out, dim=dim, num_blocks=tuple(blocks),
-                num_refinement_blocks=_count(sd, "refinement"), heads=tuple(heads), ffn_expansion_factor=ffn,
-                use_bias="patch_embed.proj.bias" in sd,
-                layernorm_type="WithBias" if "LN.body.bias" in sd else "BiasFree",
-                bary_blocks=_count(sd, "barylatent"))
+    return dict(
+        inp_channels=inp,
+        out_channels=out,
+        dim=dim,
+        num_blocks=tuple(blocks),
+        num_refinement_blocks=_count(sd, "refinement"),
+        heads=tuple(heads),
+        ffn_expansion_factor=ffn,
+        use_bias="patch_embed.proj.bias" in sd,
+        layernorm_type="WithBias" if "LN.body.bias" in sd else "BiasFree",
+        bary_blocks=_count(sd, "barylatent"),
+    )
 
 
 def _torch_shape(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ...]:
@@ -133,18 +147,22 @@ def _torch_shape(path: tuple[str, ...], shape: tuple[int, ...]) -> tuple[int, ..
     return shape
 
 
-def _fill(expected: dict[tuple[str, ...], Any], converted: dict[tuple[str, ...], tuple[str, np.ndarray]],
-          what: str) -> dict:
+def _fill(
+    expected: dict[tuple[str, ...], Any], converted: dict[tuple[str, ...], tuple[str, np.ndarray]], what: str
+) -> dict:
     problems = []
     for path, struct in expected.items():
         if path not in converted:
-            problems.append(f"missing parameter for {'/'.join(path)} (torch shape "
-                            f"{_torch_shape(path, tuple(struct.shape))})")
+            problems.append(
+                f"missing parameter for {'/'.join(path)} (torch shape {_torch_shape(path, tuple(struct.shape))})"
+            )
             continue
         key, value = converted[path]
         if tuple(value.shape) != tuple(struct.shape):
-            problems.append(f"'{key}' has shape {_torch_shape(path, tuple(value.shape))}, the {what} needs "
-                            f"{_torch_shape(path, tuple(struct.shape))}")
+            problems.append(
+                f"'{key}' has shape {_torch_shape(path, tuple(value.shape))}, the {what} needs "
+                f"{_torch_shape(path, tuple(struct.shape))}"
+            )
     extra = sorted(converted[p][0] for p in converted if p not in expected)
     if extra:
         problems.append(f"unexpected parameters: {', '.join(extra[:10])}{' …' if len(extra) > 10 else ''}")
@@ -173,6 +191,7 @@ def convert_barynet(sd: Mapping[str, np.ndarray], config: dict[str, Any] | None 
 
 # --- Potentials ---------------------------------------------------------------------------------------------
 
+
 def infer_potentials_config(sd: Mapping[str, np.ndarray], patch_size: int | None = None) -> dict[str, Any]:
     ks = {int(m.group(1)) for k in sd for m in [re.match(r"potentials\.(\d+)\.", k)] if m}
     if not ks:
@@ -182,8 +201,9 @@ def infer_potentials_config(sd: Mapping[str, np.ndarray], patch_size: int | None
     feats = int(sd["potentials.0.3.weight"].shape[1])
     side = int(round((feats / channels) ** 0.5))
     if channels * side * side != feats:
-        raise ConversionError(f"potentials.0.3.weight has {feats} input features, not channels·s² for "
-                              f"channels {channels}")
+        raise ConversionError(
+            f"potentials.0.3.weight has {feats} input features, not channels·s² for channels {channels}"
+        )
     if patch_size is None:
         # conv side s comes from latent sides 4s-2 … 4s+1; the official patch sizes are 128 (s=4), 144 (s=5).
         patch_size = {4: 128, 5: 144}.get(side, 8 * 4 * side)
@@ -222,10 +242,17 @@ def torch_to_flax(path: str, *, patch_size: int | None = None, report=print) -> 
     params, config, ignored = convert_barynet(restorer_sd)
     if ignored and report is not None:
         n = sum(int(np.prod(restorer_sd[k].shape)) for k in ignored)
-        report(f"ignored {len(ignored)} unused official parameters ({n:,} values): "
-               + ", ".join(sorted({k.split('.')[0] for k in ignored})))
+        report(
+            f"ignored {len(ignored)} unused official parameters ({n:,} values): "
+            + ", ".join(sorted({k.split(".")[0] for k in ignored}))
+        )
     pots, pots_config = (None, None)
     if pots_sd:
         pots, pots_config = convert_potentials(pots_sd, patch_size)
-    return {"barynet": params, "potentials": pots, "barynet_config": config, "potentials_config": pots_config,
-            "ignored": ignored}
+    return {
+        "barynet": params,
+        "potentials": pots,
+        "barynet_config": config,
+        "potentials_config": pots_config,
+        "ignored": ignored,
+    }

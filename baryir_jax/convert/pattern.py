@@ -10,6 +10,7 @@ test (which rebuilds the state dict and converts it) fill every state-dict entry
   * 1-D ``…bias``: [-0.1, 0.1];
   * everything else (conv and linear weights): ±1/√fan_in, fan_in = prod(shape[1:]) (PyTorch's own bound).
 """
+
 from __future__ import annotations
 
 import hashlib

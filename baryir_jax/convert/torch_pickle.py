@@ -11,6 +11,7 @@ The official BaryIR checkpoints are whole pickled modules whose classes live in 
 users do not have. Any ``model_bary.*`` class (and the ``torch.nn`` container/layer classes listed below)
 resolves to a :class:`ModuleStub` subclass, so such files load without that module and without executing it.
 """
+
 from __future__ import annotations
 
 import collections
@@ -106,8 +107,7 @@ class _StorageType:
         self.dtype = _STORAGE_DTYPES[name]
 
 
-def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                       metadata=None):
+def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None, metadata=None):
     itemsize = storage.dtype.itemsize
     if len(size) == 0:
         return np.array(storage[storage_offset])
@@ -116,8 +116,9 @@ def _rebuild_tensor_v2(storage, storage_offset, size, stride, requires_grad=Fals
         return np.zeros(tuple(size), storage.dtype)
     if needed > storage.size:
         raise CheckpointFormatError("a tensor reaches past the end of its storage: the file is truncated or corrupt")
-    view = np.lib.stride_tricks.as_strided(storage[storage_offset:], shape=tuple(size),
-                                           strides=tuple(s * itemsize for s in stride))
+    view = np.lib.stride_tricks.as_strided(
+        storage[storage_offset:], shape=tuple(size), strides=tuple(s * itemsize for s in stride)
+    )
     return np.array(view)
 
 
@@ -158,7 +159,8 @@ class SafeTorchUnpickler(pickle.Unpickler):
         raise UnsafeCheckpointError(
             f"refusing to load the global '{module}.{name}' named in the checkpoint: only the globals needed to "
             "rebuild tensors and module trees are allowed, so this file was not loaded and nothing in it was run. "
-            "If it is a genuine PyTorch checkpoint, re-save its state_dict() with torch.save and convert that.")
+            "If it is a genuine PyTorch checkpoint, re-save its state_dict() with torch.save and convert that."
+        )
 
     def persistent_load(self, pid):
         if not isinstance(pid, tuple) or not pid or pid[0] != "storage":
@@ -172,8 +174,9 @@ class SafeTorchUnpickler(pickle.Unpickler):
                 raise CheckpointFormatError(f"storage {key} is missing from the checkpoint archive (truncated file?)")
             buf = np.frombuffer(self._storages[key], dtype=storage_type.dtype)
             if buf.size < numel:
-                raise CheckpointFormatError(f"storage {key} holds {buf.size} elements, {numel} expected "
-                                            "(truncated file?)")
+                raise CheckpointFormatError(
+                    f"storage {key} holds {buf.size} elements, {numel} expected (truncated file?)"
+                )
             self._loaded[key] = buf
         return self._loaded[key]
 
@@ -185,7 +188,8 @@ def load_torch_checkpoint(path: str) -> Any:
     except zipfile.BadZipFile as e:
         raise CheckpointFormatError(
             f"{path} is not a zip-format PyTorch checkpoint (torch.save has written zip files since PyTorch 1.6); "
-            "re-save it with a recent torch, or check that the download is complete") from e
+            "re-save it with a recent torch, or check that the download is complete"
+        ) from e
     with zf:
         names = zf.namelist()
         pkl = [n for n in names if n.endswith("/data.pkl") or n == "data.pkl"]
@@ -196,6 +200,6 @@ def load_torch_checkpoint(path: str) -> Any:
         if byteorder in names and zf.read(byteorder).decode().strip() != "little":
             raise CheckpointFormatError(f"{path}: big-endian checkpoints are not supported")
         prefix = root + "data/"
-        storages = {n[len(prefix):]: zf.read(n) for n in names if n.startswith(prefix) and n != prefix}
+        storages = {n[len(prefix) :]: zf.read(n) for n in names if n.startswith(prefix) and n != prefix}
         data = zf.read(pkl[0])
     return SafeTorchUnpickler(io.BytesIO(data), storages).load()

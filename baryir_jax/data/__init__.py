@@ -10,13 +10,39 @@ Main entry points:
 * `to_mesh.host_batch_to_global(batch, mesh)`; `prepare.prepare(...)` and the `baryir-prepare` command;
 * `degradations`: the official noise and the synthetic degradations.
 """
-from baryir_jax.data import degradations
-from baryir_jax.data.pipeline import (default_multipliers, entry_counts, load_mixture, make_mixture,
-                                      make_train_pipeline, oversampled_counts)
-from baryir_jax.data.report import DataError
-from baryir_jax.data.sources import (EVAL_TASKS, EvalExample, SourceSpec, load_eval_split, load_eval_task,
-                                     resolve_sources)
 
-__all__ = ["DataError", "EVAL_TASKS", "EvalExample", "SourceSpec", "default_multipliers", "degradations",
-           "entry_counts", "load_eval_split", "load_eval_task", "load_mixture", "make_mixture",
-           "make_train_pipeline", "oversampled_counts", "resolve_sources"]
+from baryir_jax.data import degradations
+from baryir_jax.data.pipeline import (
+    default_multipliers,
+    entry_counts,
+    load_mixture,
+    make_mixture,
+    make_train_pipeline,
+    oversampled_counts,
+)
+from baryir_jax.data.report import DataError
+from baryir_jax.data.sources import (
+    EVAL_TASKS,
+    EvalExample,
+    SourceSpec,
+    load_eval_split,
+    load_eval_task,
+    resolve_sources,
+)
+
+__all__ = [
+    "DataError",
+    "EVAL_TASKS",
+    "EvalExample",
+    "SourceSpec",
+    "default_multipliers",
+    "degradations",
+    "entry_counts",
+    "load_eval_split",
+    "load_eval_task",
+    "load_mixture",
+    "make_mixture",
+    "make_train_pipeline",
+    "oversampled_counts",
+    "resolve_sources",
+]

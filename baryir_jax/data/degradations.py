@@ -14,6 +14,7 @@ Every function takes and returns an `uint8` RGB image of shape (H, W, 3).
 Parameters left as `None` are drawn from the generator in documented ranges; pass them explicitly to get a
 fixed degradation.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -43,7 +44,8 @@ def _check_image(image: np.ndarray, what: str = "image") -> np.ndarray:
     image = np.asarray(image)
     if image.dtype != np.uint8 or image.ndim != 3 or image.shape[-1] != 3:
         raise ValueError(
-            f"{what} must be an uint8 RGB array of shape (H, W, 3); got dtype {image.dtype}, shape {image.shape}.")
+            f"{what} must be an uint8 RGB array of shape (H, W, 3); got dtype {image.dtype}, shape {image.shape}."
+        )
     return image
 
 
@@ -108,7 +110,7 @@ def line_kernel(length: float, angle_deg: float) -> np.ndarray:
         kernel[y0 + 1, x0 + 1] += fx * fy
     rows = np.nonzero(kernel.sum(1))[0]
     cols = np.nonzero(kernel.sum(0))[0]
-    kernel = kernel[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+    kernel = kernel[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
     return kernel / kernel.sum()
 
 
@@ -136,9 +138,15 @@ def _smooth_field(shape: tuple[int, int], rng: np.random.Generator, cells: int =
 # ---------------------------------------------------------------------------------------------------------
 # Synthetic degradations (embedded data, unseen suite)
 # ---------------------------------------------------------------------------------------------------------
-def rain_streaks(clean: np.ndarray, rng: np.random.Generator | int, *, density: float | None = None,
-                 length: float | None = None, angle_deg: float | None = None,
-                 intensity: float | None = None) -> np.ndarray:
+def rain_streaks(
+    clean: np.ndarray,
+    rng: np.random.Generator | int,
+    *,
+    density: float | None = None,
+    length: float | None = None,
+    angle_deg: float | None = None,
+    intensity: float | None = None,
+) -> np.ndarray:
     """Rain100L-like light rain: sparse drops smeared along one direction, added by a screen blend.
 
     density: fraction of pixels that seed a streak, default U(0.004, 0.012);
@@ -165,8 +173,14 @@ def rain_streaks(clean: np.ndarray, rng: np.random.Generator | int, *, density: 
     return _to_uint8(out * 255.0)
 
 
-def haze(clean: np.ndarray, rng: np.random.Generator | int, *, beta: float | None = None,
-         airlight: float | np.ndarray | None = None, depth: np.ndarray | None = None) -> np.ndarray:
+def haze(
+    clean: np.ndarray,
+    rng: np.random.Generator | int,
+    *,
+    beta: float | None = None,
+    airlight: float | np.ndarray | None = None,
+    depth: np.ndarray | None = None,
+) -> np.ndarray:
     """Atmospheric scattering model `I = J·t + A·(1 - t)`, transmission `t = exp(-beta·d)`.
 
     depth d in [0, 1] (H, W): default a vertical gradient (top far) blended with a smooth random field;
@@ -192,8 +206,9 @@ def haze(clean: np.ndarray, rng: np.random.Generator | int, *, beta: float | Non
     return _to_uint8(out * 255.0)
 
 
-def motion_blur(clean: np.ndarray, rng: np.random.Generator | int, *, length: float | None = None,
-                angle_deg: float | None = None) -> np.ndarray:
+def motion_blur(
+    clean: np.ndarray, rng: np.random.Generator | int, *, length: float | None = None, angle_deg: float | None = None
+) -> np.ndarray:
     """Linear camera-shake blur: convolution with a line kernel (reflect borders).
 
     length: default U(7, 19) pixels scaled by the image size / 256; angle_deg: default U(0, 180).
@@ -206,8 +221,14 @@ def motion_blur(clean: np.ndarray, rng: np.random.Generator | int, *, length: fl
     return _to_uint8(_convolve_rgb(clean.astype(np.float64), line_kernel(length, angle_deg)))
 
 
-def low_light(clean: np.ndarray, rng: np.random.Generator | int, *, gamma: float | None = None,
-              scale: float | None = None, noise: float | None = None) -> np.ndarray:
+def low_light(
+    clean: np.ndarray,
+    rng: np.random.Generator | int,
+    *,
+    gamma: float | None = None,
+    scale: float | None = None,
+    noise: float | None = None,
+) -> np.ndarray:
     """Under-exposure: `y = scale · x^gamma` on [0, 1] values, plus signal-dependent sensor noise.
 
     gamma: default U(1.3, 2.0); scale: default U(0.12, 0.3); noise: read-noise std on [0, 1], default
@@ -222,7 +243,7 @@ def low_light(clean: np.ndarray, rng: np.random.Generator | int, *, gamma: float
     x = clean.astype(np.float64) / 255.0
     y = scale * np.power(x, gamma)
     if noise > 0:
-        std = np.sqrt(noise ** 2 + 0.002 * y)
+        std = np.sqrt(noise**2 + 0.002 * y)
         y = y + rng.standard_normal(y.shape) * std
     return _to_uint8(y * 255.0)
 
@@ -253,6 +274,7 @@ def synthesize(task: str, clean: np.ndarray, seed: int) -> np.ndarray:
     if task in NOISE_SIGMAS:
         return gaussian_noise(clean, NOISE_SIGMAS[task], np.random.default_rng(seed))
     if task not in SYNTHESIZERS:
-        raise ValueError(f"unknown degradation task {task!r}; expected one of "
-                         f"{sorted(SYNTHESIZERS) + sorted(NOISE_SIGMAS)}.")
+        raise ValueError(
+            f"unknown degradation task {task!r}; expected one of {sorted(SYNTHESIZERS) + sorted(NOISE_SIGMAS)}."
+        )
     return SYNTHESIZERS[task](clean, np.random.default_rng(seed))

@@ -6,6 +6,7 @@ clean and noisy pixels (uint8 HWC bytes, so independent of the PNG encoder) and 
 them: two users whose fingerprints agree evaluate on identical inputs. `verify_frozen_inputs` re-reads the
 stored images, checks them against the manifest and regenerates the noise from the clean images.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -24,9 +25,11 @@ FROZEN_SPLITS = {
     "cbsd68": {"sigma15": 15, "sigma25": 25, "sigma50": 50},
     "embedded": {"test_denoise_15": 15, "test_denoise_25": 25, "test_denoise_50": 50},
 }
-PROTOCOL = ("noisy = clip(clean + N(0,1)*sigma, 0, 255).astype(uint8) (truncating), N = "
-            "numpy.random.default_rng(seed).standard_normal(clean.shape) (float64), seed = first 8 bytes "
-            '(big-endian) of sha256("<file stem>|sigma=<sigma>"); hashes are sha256 of "HxWx3:" + uint8 HWC bytes')
+PROTOCOL = (
+    "noisy = clip(clean + N(0,1)*sigma, 0, 255).astype(uint8) (truncating), N = "
+    "numpy.random.default_rng(seed).standard_normal(clean.shape) (float64), seed = first 8 bytes "
+    '(big-endian) of sha256("<file stem>|sigma=<sigma>"); hashes are sha256 of "HxWx3:" + uint8 HWC bytes'
+)
 
 
 def pixel_sha256(image: np.ndarray) -> str:
@@ -42,15 +45,28 @@ def _stem(name: str) -> str:
 
 def build_manifest(data_dir: str | Path, dataset: str) -> dict:
     if dataset not in FROZEN_SPLITS:
-        raise DataError(f'{dataset} has no frozen inputs (only {", ".join(FROZEN_SPLITS)}).')
+        raise DataError(f"{dataset} has no frozen inputs (only {', '.join(FROZEN_SPLITS)}).")
     entries = []
     for split, sigma in FROZEN_SPLITS[dataset].items():
         for ex in load_eval_split(data_dir, dataset, split):
-            entries.append({"split": split, "name": ex.name, "sigma": sigma, "clean_sha256": pixel_sha256(ex.clean),
-                            "noisy_sha256": pixel_sha256(ex.degraded)})
+            entries.append(
+                {
+                    "split": split,
+                    "name": ex.name,
+                    "sigma": sigma,
+                    "clean_sha256": pixel_sha256(ex.clean),
+                    "noisy_sha256": pixel_sha256(ex.degraded),
+                }
+            )
     lines = "\n".join(f"{e['split']} {e['name']} {e['clean_sha256']} {e['noisy_sha256']}" for e in entries)
-    return {"dataset": dataset, "protocol": PROTOCOL, "numpy": np.__version__, "count": len(entries),
-            "fingerprint": hashlib.sha256(lines.encode()).hexdigest(), "entries": entries}
+    return {
+        "dataset": dataset,
+        "protocol": PROTOCOL,
+        "numpy": np.__version__,
+        "count": len(entries),
+        "fingerprint": hashlib.sha256(lines.encode()).hexdigest(),
+        "entries": entries,
+    }
 
 
 def manifest_path(data_dir: str | Path, dataset: str) -> Path:
@@ -91,8 +107,10 @@ def verify_frozen_inputs(data_dir: str | Path, dataset: str = "cbsd68") -> list[
             if pixel_sha256(ex.degraded) != e["noisy_sha256"]:
                 problems.append(f"{split}/{ex.name}: noisy image differs from the manifest")
             if not np.array_equal(degradations.frozen_noisy(ex.clean, _stem(ex.name), sigma), ex.degraded):
-                problems.append(f"{split}/{ex.name}: regenerating the frozen noise from the clean image gives other "
-                                f'pixels (NumPy {np.__version__} vs {manifest.get("numpy")} at prepare time?)')
+                problems.append(
+                    f"{split}/{ex.name}: regenerating the frozen noise from the clean image gives other "
+                    f"pixels (NumPy {np.__version__} vs {manifest.get('numpy')} at prepare time?)"
+                )
     for key in sorted(set(expected) - seen):
         problems.append(f"{key[0]}/{key[1]}: in the manifest, missing from the data")
     return problems

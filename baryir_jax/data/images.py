@@ -16,6 +16,7 @@ Conversion policy (documented in the data README):
 * float (`F`) and 32-bit integer images, and anything Pillow cannot decode completely (truncated, corrupt,
   empty): refused or unreadable, never stored.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -154,8 +155,13 @@ def load_image_bytes(raw: bytes) -> LoadedImage:
                 encoded = encode_png(np.asarray(im))
         else:
             encoded = encode_png(rgb)
-    return LoadedImage(encoded=encoded, height=height, width=width,
-                       conversion="; ".join(notes) if notes else None, single_channel=single)
+    return LoadedImage(
+        encoded=encoded,
+        height=height,
+        width=width,
+        conversion="; ".join(notes) if notes else None,
+        single_channel=single,
+    )
 
 
 def load_image_file(path: str | os.PathLike) -> LoadedImage:
@@ -180,7 +186,7 @@ def crop_to_multiple(image: np.ndarray, base: int = 16) -> np.ndarray:
     rows `[r//2, h - r + r//2)` with `r = h % base` (the extra row goes to the bottom)."""
     h, w = image.shape[:2]
     rh, rw = h % base, w % base
-    return image[rh // 2:h - rh + rh // 2, rw // 2:w - rw + rw // 2]
+    return image[rh // 2 : h - rh + rh // 2, rw // 2 : w - rw + rw // 2]
 
 
 def augment(image: np.ndarray, mode: int) -> np.ndarray:
@@ -197,4 +203,3 @@ def augment(image: np.ndarray, mode: int) -> np.ndarray:
     else:
         raise ValueError(f"augmentation mode must be in 0..7, got {mode}.")
     return np.ascontiguousarray(out)
-

@@ -27,6 +27,7 @@ Checkpointing: save the iterator in the same orbax step as the train state:
     mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract),
                                                data_iter=grain.checkpoint.CheckpointRestore(it)))
 """
+
 from __future__ import annotations
 
 import bisect
@@ -43,13 +44,27 @@ from baryir_jax.data.sources import SourceSpec, open_split, resolve_sources, spl
 
 # Official oversampling [universal_dataset.py]: noise x5 per sigma (x15 for sigma 25 when not all three
 # sigmas are used), rain x360, haze x1, blur x35, low light x150, a `single` / user source x5.
-OFFICIAL_MULTIPLIERS = {"denoise_15": 5, "denoise_25": 5, "denoise_50": 5, "derain": 360, "dehaze": 1,
-                        "deblur": 35, "lowlight": 150}
+OFFICIAL_MULTIPLIERS = {
+    "denoise_15": 5,
+    "denoise_25": 5,
+    "denoise_50": 5,
+    "derain": 360,
+    "dehaze": 1,
+    "deblur": 35,
+    "lowlight": 150,
+}
 OFFICIAL_DENOISE_25_ALONE = 15
 OFFICIAL_USER_MULTIPLIER = 5
 # Embedded data: 7 clean train photos, 14 pairs per synthetic task; x1 keeps the potentials' counts close.
-EMBEDDED_MULTIPLIERS = {"denoise_15": 1, "denoise_25": 1, "denoise_50": 1, "derain": 1, "dehaze": 1,
-                        "deblur": 1, "lowlight": 1}
+EMBEDDED_MULTIPLIERS = {
+    "denoise_15": 1,
+    "denoise_25": 1,
+    "denoise_50": 1,
+    "derain": 1,
+    "dehaze": 1,
+    "deblur": 1,
+    "lowlight": 1,
+}
 EMBEDDED_DENOISE_25_ALONE = 2
 EMBEDDED_USER_MULTIPLIER = 1
 CROP_BASE = 16
@@ -58,9 +73,11 @@ CROP_BASE = 16
 def default_multipliers(tasks: Sequence[str], collection: str = "benchmark") -> dict[str, int]:
     """The official multipliers for these tasks (the `embedded` collection has its own, all about 1)."""
     specs = resolve_sources(tasks, collection)
-    table, alone, user = ((OFFICIAL_MULTIPLIERS, OFFICIAL_DENOISE_25_ALONE, OFFICIAL_USER_MULTIPLIER)
-                          if collection == "benchmark" else
-                          (EMBEDDED_MULTIPLIERS, EMBEDDED_DENOISE_25_ALONE, EMBEDDED_USER_MULTIPLIER))
+    table, alone, user = (
+        (OFFICIAL_MULTIPLIERS, OFFICIAL_DENOISE_25_ALONE, OFFICIAL_USER_MULTIPLIER)
+        if collection == "benchmark"
+        else (EMBEDDED_MULTIPLIERS, EMBEDDED_DENOISE_25_ALONE, EMBEDDED_USER_MULTIPLIER)
+    )
     names = {s.task for s in specs}
     out = {}
     for s in specs:
@@ -78,14 +95,17 @@ def _multipliers(specs: list[SourceSpec], tasks, multipliers, collection) -> dic
     if isinstance(multipliers, Mapping):
         unknown = set(multipliers) - set(out)
         if unknown:
-            raise ValueError(f"multipliers for tasks that are not in the mixture: {sorted(unknown)}; "
-                             f"tasks: {list(out)}.")
+            raise ValueError(
+                f"multipliers for tasks that are not in the mixture: {sorted(unknown)}; tasks: {list(out)}."
+            )
         out.update({k: v for k, v in multipliers.items()})
     else:
         multipliers = list(multipliers)
         if len(multipliers) != len(specs):
-            raise ValueError(f"{len(multipliers)} multipliers for {len(specs)} tasks {list(tasks)}; give one per task "
-                             "or a dict task -> multiplier.")
+            raise ValueError(
+                f"{len(multipliers)} multipliers for {len(specs)} tasks {list(tasks)}; give one per task "
+                "or a dict task -> multiplier."
+            )
         out = {s.task: m for s, m in zip(specs, multipliers)}
     for k, v in out.items():
         if int(v) != v or v < 1:
@@ -97,6 +117,7 @@ def _multipliers(specs: list[SourceSpec], tasks, multipliers, collection) -> dic
 @dataclasses.dataclass(frozen=True)
 class Mixture:
     """The oversampled mixture: source k holds entries [offsets[k], offsets[k] + counts[k])."""
+
     sources: tuple[SourceSpec, ...]
     sizes: tuple[int, ...]  # records per source (before oversampling)
     multipliers: tuple[int, ...]
@@ -125,8 +146,14 @@ class Mixture:
         return k, (entry - self.offsets[k]) % self.sizes[k]
 
 
-def make_mixture(tasks, sizes: Mapping[str, int], *, multipliers=None, collection: str = "benchmark",
-                 user_ids: dict[str, int] | None = None) -> Mixture:
+def make_mixture(
+    tasks,
+    sizes: Mapping[str, int],
+    *,
+    multipliers=None,
+    collection: str = "benchmark",
+    user_ids: dict[str, int] | None = None,
+) -> Mixture:
     """A `Mixture` from known source sizes `{task: number of records}` (no data needed)."""
     specs = resolve_sources(tasks, collection, user_ids)
     mult = _multipliers(specs, tasks, multipliers, collection)
@@ -139,25 +166,50 @@ def make_mixture(tasks, sizes: Mapping[str, int], *, multipliers=None, collectio
     return Mixture(tuple(specs), tuple(int(sizes[s.task]) for s in specs), tuple(mult[s.task] for s in specs))
 
 
-def load_mixture(data_dir: str | Path, tasks, *, multipliers=None, collection: str = "benchmark",
-                 user_ids: dict[str, int] | None = None) -> Mixture:
+def load_mixture(
+    data_dir: str | Path,
+    tasks,
+    *,
+    multipliers=None,
+    collection: str = "benchmark",
+    user_ids: dict[str, int] | None = None,
+) -> Mixture:
     """The `Mixture` of prepared data under `data_dir` (sizes read from the data sets' metadata)."""
     specs = resolve_sources(tasks, collection, user_ids)
     sizes = {s.task: split_size(data_dir, s.dataset, s.split) for s in specs}
-    return make_mixture([s.task for s in specs], sizes, multipliers=multipliers, collection=collection,
-                        user_ids={s.task: s.degradation_id for s in specs if s.degradation_id >= 7})
+    return make_mixture(
+        [s.task for s in specs],
+        sizes,
+        multipliers=multipliers,
+        collection=collection,
+        user_ids={s.task: s.degradation_id for s in specs if s.degradation_id >= 7},
+    )
 
 
-def oversampled_counts(tasks, sizes: Mapping[str, int], *, multipliers=None, collection: str = "benchmark",
-                       by: str = "task", user_ids: dict[str, int] | None = None) -> dict:
+def oversampled_counts(
+    tasks,
+    sizes: Mapping[str, int],
+    *,
+    multipliers=None,
+    collection: str = "benchmark",
+    by: str = "task",
+    user_ids: dict[str, int] | None = None,
+) -> dict:
     """Entries per source after oversampling, from known sizes: `{task: n}` (by='task') or `{id: n}` (by='id').
     λ_k ∝ 1/n_k (official: the three noise levels form one potential, n = their sum)."""
     m = make_mixture(tasks, sizes, multipliers=multipliers, collection=collection, user_ids=user_ids)
     return _by(m, by)
 
 
-def entry_counts(data_dir: str | Path, tasks, *, multipliers=None, collection: str = "benchmark", by: str = "task",
-                 user_ids: dict[str, int] | None = None) -> dict:
+def entry_counts(
+    data_dir: str | Path,
+    tasks,
+    *,
+    multipliers=None,
+    collection: str = "benchmark",
+    by: str = "task",
+    user_ids: dict[str, int] | None = None,
+) -> dict:
     """Entries per source after oversampling for prepared data: `{task: n}` or `{degradation_id: n}`."""
     return _by(load_mixture(data_dir, tasks, multipliers=multipliers, collection=collection, user_ids=user_ids), by)
 
@@ -189,7 +241,7 @@ def random_patch(images: Sequence[np.ndarray], patch: int, rng: np.random.Genera
     h, w = images[0].shape[:2]
     i = int(rng.integers(0, h - patch + 1))
     j = int(rng.integers(0, w - patch + 1))
-    return [im[i:i + patch, j:j + patch] for im in images]
+    return [im[i : i + patch, j : j + patch] for im in images]
 
 
 class _MakeExample(grain.transforms.RandomMap):
@@ -211,6 +263,7 @@ class _MakeExample(grain.transforms.RandomMap):
         # Import TFDS and the builders now, in the worker's main thread: TFDS imports its dependencies under a
         # process-wide lazy-import hook, and a read thread importing at the same time would get lazy stubs.
         import baryir_jax.data.builders  # noqa: F401
+
         self.__dict__.update(state)
 
     def _source(self, k: int):
@@ -246,6 +299,7 @@ class _MakeExample(grain.transforms.RandomMap):
 def _process(process_index, process_count) -> tuple[int, int]:
     if process_index is None or process_count is None:
         import jax  # only when not given: the default is this JAX process
+
         process_index = jax.process_index() if process_index is None else process_index
         process_count = jax.process_count() if process_count is None else process_count
     if not 0 <= process_index < process_count:
@@ -253,12 +307,24 @@ def _process(process_index, process_count) -> tuple[int, int]:
     return int(process_index), int(process_count)
 
 
-def make_train_pipeline(data_dir: str | Path, tasks, *, collection: str = "benchmark", multipliers=None,
-                        patch_size: int = 128, global_batch_size: int = 8, seed: int = 0, worker_count: int = 0,
-                        worker_buffer_size: int = 2, process_index: int | None = None,
-                        process_count: int | None = None, user_ids: dict[str, int] | None = None,
-                        read_threads: int = 8, prefetch_batches: int = 16,
-                        with_entry_index: bool = False) -> grain.IterDataset:
+def make_train_pipeline(
+    data_dir: str | Path,
+    tasks,
+    *,
+    collection: str = "benchmark",
+    multipliers=None,
+    patch_size: int = 128,
+    global_batch_size: int = 8,
+    seed: int = 0,
+    worker_count: int = 0,
+    worker_buffer_size: int = 2,
+    process_index: int | None = None,
+    process_count: int | None = None,
+    user_ids: dict[str, int] | None = None,
+    read_threads: int = 8,
+    prefetch_batches: int = 16,
+    with_entry_index: bool = False,
+) -> grain.IterDataset:
     """The infinite training stream of this process's batches (a grain `IterDataset`; `iter()` it).
 
     data_dir: where `baryir-prepare` wrote the data sets; tasks: official `--de_type` names and/or
@@ -275,9 +341,10 @@ def make_train_pipeline(data_dir: str | Path, tasks, *, collection: str = "bench
     if global_batch_size % process_count:
         raise ValueError(f"global_batch_size {global_batch_size} is not divisible by process_count {process_count}.")
     if patch_size < 1 or patch_size % 8:
-        raise ValueError(f"patch_size must be a positive multiple of 8 (the network downsamples by 8), "
-                         f"got {patch_size}.")
-    if not 0 <= seed < 2 ** 32:
+        raise ValueError(
+            f"patch_size must be a positive multiple of 8 (the network downsamples by 8), got {patch_size}."
+        )
+    if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}.")
     mixture = load_mixture(data_dir, tasks, multipliers=multipliers, collection=collection, user_ids=user_ids)
     local_batch = global_batch_size // process_count
@@ -287,6 +354,7 @@ def make_train_pipeline(data_dir: str | Path, tasks, *, collection: str = "bench
     ds = ds.batch(local_batch, drop_remainder=True)
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches))
     if worker_count > 0:
-        it_ds = it_ds.mp_prefetch(grain.MultiprocessingOptions(num_workers=worker_count,
-                                                               per_worker_buffer_size=worker_buffer_size))
+        it_ds = it_ds.mp_prefetch(
+            grain.MultiprocessingOptions(num_workers=worker_count, per_worker_buffer_size=worker_buffer_size)
+        )
     return it_ds

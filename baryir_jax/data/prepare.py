@@ -8,6 +8,7 @@
 Exit status: 0 when written (warnings may be printed), 1 when the input was refused (nothing written), 2 when
 `--verify` found differences.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,17 @@ from typing import Callable
 
 from baryir_jax.data.report import DataError, Report
 
-DATASETS = ("denoise_train", "rain100l", "reside_ots", "sots_outdoor", "gopro", "lol_v1", "cbsd68", "embedded",
-            "paired_folder")
+DATASETS = (
+    "denoise_train",
+    "rain100l",
+    "reside_ots",
+    "sots_outdoor",
+    "gopro",
+    "lol_v1",
+    "cbsd68",
+    "embedded",
+    "paired_folder",
+)
 REPORT_NAME = "prepare_report.json"
 
 
@@ -34,17 +44,26 @@ class PrepareResult:
     fingerprint: str | None = None
 
 
-def prepare(dataset: str, data_dir: str | Path, manual_dir: str | Path | None = None, *, name: str | None = None,
-            overwrite: bool = False, progress: bool = True, out: Callable[[str], None] = print) -> PrepareResult:
+def prepare(
+    dataset: str,
+    data_dir: str | Path,
+    manual_dir: str | Path | None = None,
+    *,
+    name: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    out: Callable[[str], None] = print,
+) -> PrepareResult:
     """Scan, validate and write one data set. Raises `DataError` (nothing written) when the input is refused."""
     import tensorflow_datasets as tfds
 
     from baryir_jax.data import frozen, sources
+
     if dataset not in DATASETS:
-        raise DataError(f'unknown --dataset {dataset!r}; choose one of: {", ".join(DATASETS)}.')
+        raise DataError(f"unknown --dataset {dataset!r}; choose one of: {', '.join(DATASETS)}.")
     if name is not None and dataset != "paired_folder":
         raise DataError("--name is only for --dataset paired_folder.")
-    full = f'paired_folder/{name or "default"}' if dataset == "paired_folder" else dataset
+    full = f"paired_folder/{name or 'default'}" if dataset == "paired_folder" else dataset
     builder = sources.get_builder(data_dir, full, progress=progress)
     if sources.is_prepared(builder):
         if not overwrite:
@@ -59,7 +78,8 @@ def prepare(dataset: str, data_dir: str | Path, manual_dir: str | Path | None = 
     tfds.disable_progress_bar()  # ours (per split, in images) replaces TFDS's
     try:
         builder.download_and_prepare(
-            download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir else None))
+            download_config=tfds.download.DownloadConfig(manual_dir=str(manual_dir) if manual_dir else None)
+        )
     except Exception as e:  # noqa: BLE001 - only the "empty split" case is ours to explain
         if "No examples were yielded" not in str(e):
             raise
@@ -68,8 +88,10 @@ def prepare(dataset: str, data_dir: str | Path, manual_dir: str | Path | None = 
         report.failed = True
         m = re.search(r'split "([^"]+)"', str(e))
         split = m.group(1) if m else "?"
-        raise DataError(f"{full}: none of the {report.planned.get(split, 0)} examples of split {split!r} is usable "
-                        f"(see the problems listed below); nothing was written.\n" + report.render()) from None
+        raise DataError(
+            f"{full}: none of the {report.planned.get(split, 0)} examples of split {split!r} is usable "
+            f"(see the problems listed below); nothing was written.\n" + report.render()
+        ) from None
     report = builder.finish_report()
     path = Path(builder.data_dir)
     (path / REPORT_NAME).write_text(report.dumps() + "\n")
@@ -95,32 +117,51 @@ def _remove_incomplete(builder) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="baryir-prepare", description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="baryir-prepare",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
     parser.add_argument("--dataset", required=True, choices=DATASETS)
     parser.add_argument("--data_dir", required=True, help="where the prepared data sets live")
-    parser.add_argument("--manual_dir", default=None,
-                        help="the official data/ folder (or your pairs folder for paired_folder); not for embedded")
+    parser.add_argument(
+        "--manual_dir",
+        default=None,
+        help="the official data/ folder (or your pairs folder for paired_folder); not for embedded",
+    )
     parser.add_argument("--name", default=None, help="paired_folder only: the name of this source (default: default)")
     parser.add_argument("--overwrite", action="store_true", help="rebuild when already prepared")
     parser.add_argument("--no_progress", action="store_true", help="no progress bar")
-    parser.add_argument("--verify", action="store_true",
-                        help="cbsd68/embedded: re-check the prepared frozen noisy inputs against their manifest")
+    parser.add_argument(
+        "--verify",
+        action="store_true",
+        help="cbsd68/embedded: re-check the prepared frozen noisy inputs against their manifest",
+    )
     args = parser.parse_args(argv)
     try:
         if args.verify:
             from baryir_jax.data import frozen
+
             problems = frozen.verify_frozen_inputs(args.data_dir, args.dataset)
             for p in problems:
                 print("MISMATCH", p)
             manifest = frozen.read_manifest(args.data_dir, args.dataset)
-            print(f'{args.dataset}: {manifest["count"]} frozen inputs, fingerprint {manifest["fingerprint"]}: '
-                  + ("OK" if not problems else f"{len(problems)} problem(s)"))
+            print(
+                f"{args.dataset}: {manifest['count']} frozen inputs, fingerprint {manifest['fingerprint']}: "
+                + ("OK" if not problems else f"{len(problems)} problem(s)")
+            )
             return 2 if problems else 0
         if args.dataset != "embedded" and not args.manual_dir:
             parser.error(f"--manual_dir is required for --dataset {args.dataset}")
-        prepare(args.dataset, args.data_dir, args.manual_dir, name=args.name, overwrite=args.overwrite,
-                progress=not args.no_progress)
+        prepare(
+            args.dataset,
+            args.data_dir,
+            args.manual_dir,
+            name=args.name,
+            overwrite=args.overwrite,
+            progress=not args.no_progress,
+        )
     except DataError as e:
         print(f"baryir-prepare: {e}", file=sys.stderr)
         return 1

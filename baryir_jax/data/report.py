@@ -1,4 +1,5 @@
 """The validation summary every builder ends with, and the error it raises before writing anything."""
+
 from __future__ import annotations
 
 import collections
@@ -78,9 +79,11 @@ class Report:
             exp = self.expected.get(split)
             got = self.written.get(split, 0)
             if exp is not None and got != exp:
-                self.warn(f"{split}: {got} examples written, the standard set has {exp} "
-                          f'({abs(got - exp)} {"fewer" if got < exp else "more"}); see the issues above and the README '
-                          f"layout for {self.dataset}.")
+                self.warn(
+                    f"{split}: {got} examples written, the standard set has {exp} "
+                    f"({abs(got - exp)} {'fewer' if got < exp else 'more'}); see the issues above and the README "
+                    f"layout for {self.dataset}."
+                )
 
     # ---- output ----
     @property
@@ -93,12 +96,12 @@ class Report:
             out.append(f"source: {self.source}")
         splits = sorted(set(self.planned) | set(self.written) | set(self.expected))
         if splits:
-            out.append(f'  {"split":<16}{"written":>9}{"expected":>10}')
+            out.append(f"  {'split':<16}{'written':>9}{'expected':>10}")
             for s in splits:
                 exp = self.expected.get(s)
                 got = self.written.get(s, 0)
                 flag = "" if exp is None else ("  ok" if got == exp else f"  {got - exp:+d}")
-                out.append(f'  {s:<16}{got:>9}{"-" if exp is None else exp:>10}{flag}')
+                out.append(f"  {s:<16}{got:>9}{'-' if exp is None else exp:>10}{flag}")
         for kind, title in KINDS.items():
             items = self.of_kind(kind)
             line = f"  {title}: {len(items)}"
@@ -114,8 +117,13 @@ class Report:
             out.append(f"  note: {n}")
         for w in self.warnings:
             out.append(f"  WARNING: {w}")
-        verdict = "NOTHING WRITTEN" if self.failed else "OK" if not self.warnings and not self.problem_count else (
-            f"written with {len(self.warnings)} warning(s) and {self.problem_count} problem file(s) left out")
+        verdict = (
+            "NOTHING WRITTEN"
+            if self.failed
+            else "OK"
+            if not self.warnings and not self.problem_count
+            else (f"written with {len(self.warnings)} warning(s) and {self.problem_count} problem file(s) left out")
+        )
         out.append(f"  result: {verdict}")
         return "\n".join(out)
 

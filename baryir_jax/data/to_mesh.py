@@ -1,4 +1,5 @@
 """Host-local batch → global `jax.Array` sharded over the data axis of a mesh."""
+
 from __future__ import annotations
 
 from typing import Any
@@ -29,14 +30,18 @@ def host_batch_to_global(batch: Any, mesh: Mesh, axis: str = "data") -> Any:
         x = np.asarray(x)
         name = jax.tree_util.keystr(path)
         if x.dtype.kind not in "biuf":
-            raise TypeError(f"batch leaf {name} has dtype {x.dtype}: only numeric arrays can go on devices; drop it "
-                            "from the batch first.")
+            raise TypeError(
+                f"batch leaf {name} has dtype {x.dtype}: only numeric arrays can go on devices; drop it "
+                "from the batch first."
+            )
         if x.ndim == 0:
             raise ValueError(f"batch leaf {name} is a scalar; every leaf needs a leading batch dimension.")
         if x.shape[0] % local_shards:
-            raise ValueError(f"batch leaf {name} has local batch size {x.shape[0]}, not divisible by the "
-                             f"{local_shards} data shards of this process (global batch must be a multiple of "
-                             f"{axis_size}).")
+            raise ValueError(
+                f"batch leaf {name} has local batch size {x.shape[0]}, not divisible by the "
+                f"{local_shards} data shards of this process (global batch must be a multiple of "
+                f"{axis_size})."
+            )
         return jax.make_array_from_process_local_data(sharding, x)
 
     return jax.tree_util.tree_map_with_path(put, batch)

@@ -6,6 +6,7 @@
 * `restore`: `baryir-restore` (any size, tiled with blended overlaps);
 * `checkpoint`: `load_restorer` (a model checkpoint directory → a runnable restorer).
 """
+
 from baryir_jax.evaluate.metrics import psnr, quantize, ssim
 
-__all__ = ['psnr', 'ssim', 'quantize']
+__all__ = ["psnr", "ssim", "quantize"]

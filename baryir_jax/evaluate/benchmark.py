@@ -39,6 +39,7 @@ psnr, ssim, count, expected). The average is refused (not printed) when any task
 than expected, when a data set is missing, or with `--limit`. Exit status: 0 complete, 2 evaluated but the
 average refused, 1 nothing could be evaluated (bad checkpoint, data or arguments).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -65,88 +66,133 @@ from baryir_jax.evaluate.checkpoint import CheckpointError, Restorer, describe, 
 
 @dataclasses.dataclass(frozen=True)
 class Column:
-  task: str
-  title: str
-  in_average: bool = True
+    task: str
+    title: str
+    in_average: bool = True
 
 
 @dataclasses.dataclass(frozen=True)
 class Benchmark:
-  name: str
-  title: str
-  columns: tuple[Column, ...]
-  extra_note: str = ''  # printed under the table when it has columns outside the average (†)
+    name: str
+    title: str
+    columns: tuple[Column, ...]
+    extra_note: str = ""  # printed under the table when it has columns outside the average (†)
 
-  @property
-  def tasks(self) -> tuple[str, ...]:
-    return tuple(c.task for c in self.columns)
+    @property
+    def tasks(self) -> tuple[str, ...]:
+        return tuple(c.task for c in self.columns)
 
 
 BENCHMARKS = {
-    '3d': Benchmark('3d', 'three degradations (paper Table 1 layout)', (
-        Column('dehaze', 'SOTS'), Column('derain', 'Rain100L'), Column('denoise_15', 'BSD68 σ15'),
-        Column('denoise_25', 'BSD68 σ25'), Column('denoise_50', 'BSD68 σ50'))),
-    '5d': Benchmark('5d', 'five degradations (paper Table 2 layout)', (
-        Column('dehaze', 'SOTS'), Column('derain', 'Rain100L'), Column('denoise_25', 'BSD68 σ25'),
-        Column('deblur', 'GoPro'), Column('lowlight', 'LOL-v1'),
-        Column('denoise_15', 'BSD68 σ15†', in_average=False), Column('denoise_50', 'BSD68 σ50†', in_average=False)),
-        extra_note='† CBSD68 σ15/σ50: scored for the 1,930-image 5D count, not part of Table 2 or of its average.'),
-    'unseen': Benchmark('unseen', 'unseen degradations (JPEG and mixed)', tuple(
-        Column(t, title) for t, title in (
-            ('jpeg_q10', 'JPEG q10'), ('jpeg_q20', 'JPEG q20'), ('jpeg_q30', 'JPEG q30'), ('jpeg_q40', 'JPEG q40'),
-            ('noise_jpeg', 'Noise+JPEG'), ('haze_noise', 'Haze+noise'), ('lowlight_noise', 'Low light+noise')))),
+    "3d": Benchmark(
+        "3d",
+        "three degradations (paper Table 1 layout)",
+        (
+            Column("dehaze", "SOTS"),
+            Column("derain", "Rain100L"),
+            Column("denoise_15", "BSD68 σ15"),
+            Column("denoise_25", "BSD68 σ25"),
+            Column("denoise_50", "BSD68 σ50"),
+        ),
+    ),
+    "5d": Benchmark(
+        "5d",
+        "five degradations (paper Table 2 layout)",
+        (
+            Column("dehaze", "SOTS"),
+            Column("derain", "Rain100L"),
+            Column("denoise_25", "BSD68 σ25"),
+            Column("deblur", "GoPro"),
+            Column("lowlight", "LOL-v1"),
+            Column("denoise_15", "BSD68 σ15†", in_average=False),
+            Column("denoise_50", "BSD68 σ50†", in_average=False),
+        ),
+        extra_note="† CBSD68 σ15/σ50: scored for the 1,930-image 5D count, not part of Table 2 or of its average.",
+    ),
+    "unseen": Benchmark(
+        "unseen",
+        "unseen degradations (JPEG and mixed)",
+        tuple(
+            Column(t, title)
+            for t, title in (
+                ("jpeg_q10", "JPEG q10"),
+                ("jpeg_q20", "JPEG q20"),
+                ("jpeg_q30", "JPEG q30"),
+                ("jpeg_q40", "JPEG q40"),
+                ("noise_jpeg", "Noise+JPEG"),
+                ("haze_noise", "Haze+noise"),
+                ("lowlight_noise", "Low light+noise"),
+            )
+        ),
+    ),
 }
 # Column titles when the embedded photographs stand in for the benchmark sets: the degradation, not a data set.
-EMBEDDED_TITLES = {'dehaze': 'haze', 'derain': 'rain', 'denoise_15': 'noise σ15', 'denoise_25': 'noise σ25',
-                   'denoise_50': 'noise σ50', 'deblur': 'motion blur', 'lowlight': 'low light'}
+EMBEDDED_TITLES = {
+    "dehaze": "haze",
+    "derain": "rain",
+    "denoise_15": "noise σ15",
+    "denoise_25": "noise σ25",
+    "denoise_50": "noise σ50",
+    "deblur": "motion blur",
+    "lowlight": "low light",
+}
 
 
 def for_collection(benchmark: Benchmark, collection: str) -> Benchmark:
-  """`benchmark` as scored on `collection`: on 'embedded' the columns are named by degradation (the embedded
-  test photographs, not SOTS, Rain100L, ...), and the title says so."""
-  if collection != 'embedded':
-    return benchmark
-  from baryir_jax.data.builders.embedded import TEST_PHOTOS
-  cols = tuple(dataclasses.replace(c, title=EMBEDDED_TITLES.get(c.task, c.title) + ('' if c.in_average else '†'))
-               for c in benchmark.columns)
-  note = '† scored as in the full 5D run, not part of its average.' if benchmark.extra_note else ''
-  return dataclasses.replace(benchmark, title=f'{benchmark.title}, on the embedded test photographs '
-                             f'({", ".join(TEST_PHOTOS)}), not the benchmark sets', columns=cols, extra_note=note)
+    """`benchmark` as scored on `collection`: on 'embedded' the columns are named by degradation (the embedded
+    test photographs, not SOTS, Rain100L, ...), and the title says so."""
+    if collection != "embedded":
+        return benchmark
+    from baryir_jax.data.builders.embedded import TEST_PHOTOS
+
+    cols = tuple(
+        dataclasses.replace(c, title=EMBEDDED_TITLES.get(c.task, c.title) + ("" if c.in_average else "†"))
+        for c in benchmark.columns
+    )
+    note = "† scored as in the full 5D run, not part of its average." if benchmark.extra_note else ""
+    return dataclasses.replace(
+        benchmark,
+        title=f"{benchmark.title}, on the embedded test photographs ({', '.join(TEST_PHOTOS)}), not the benchmark sets",
+        columns=cols,
+        extra_note=note,
+    )
 
 
 def expected_counts(benchmark: Benchmark, collection: str) -> dict[str, int]:
-  """The number of images each task must have for an average to be printed."""
-  from baryir_jax.data import sources
-  if collection == 'embedded':
-    from baryir_jax.data.builders.embedded import TEST_PHOTOS
-    return {t: len(TEST_PHOTOS) for t in benchmark.tasks}
-  per_source = sources.EXPECTED_EVAL_COUNTS
-  return {t: per_source[unseen_lib.SOURCE_TASK] if t in unseen_lib.TASKS else per_source[t] for t in benchmark.tasks}
+    """The number of images each task must have for an average to be printed."""
+    from baryir_jax.data import sources
+
+    if collection == "embedded":
+        from baryir_jax.data.builders.embedded import TEST_PHOTOS
+
+        return {t: len(TEST_PHOTOS) for t in benchmark.tasks}
+    per_source = sources.EXPECTED_EVAL_COUNTS
+    return {t: per_source[unseen_lib.SOURCE_TASK] if t in unseen_lib.TASKS else per_source[t] for t in benchmark.tasks}
 
 
 def parse_expected(spec: str, tasks: tuple[str, ...]) -> dict[str, int]:
-  """'dehaze=3,derain=2' or '*=2' (every task) → counts for `tasks`; names of other benchmarks' tasks are
-  accepted and ignored (one spec can serve 3d and 5d)."""
-  known = {t for b in BENCHMARKS.values() for t in b.tasks}
-  out = {}
-  for part in [p.strip() for p in spec.split(',') if p.strip()]:
-    if '=' not in part:
-      raise ValueError(f'--expected {spec!r}: each entry is TASK=N (or *=N), got {part!r}.')
-    k, v = part.split('=', 1)
-    k = k.strip()
-    try:
-      n = int(v)
-    except ValueError:
-      raise ValueError(f'--expected {spec!r}: {v!r} is not a whole number.') from None
-    if n < 0:
-      raise ValueError(f'--expected {spec!r}: counts cannot be negative.')
-    if k == '*':
-      out.update({t: n for t in tasks})
-    elif k in tasks:
-      out[k] = n
-    elif k not in known:
-      raise ValueError(f'--expected {spec!r}: {k!r} is not a task (known: {", ".join(sorted(known))}).')
-  return out
+    """'dehaze=3,derain=2' or '*=2' (every task) → counts for `tasks`; names of other benchmarks' tasks are
+    accepted and ignored (one spec can serve 3d and 5d)."""
+    known = {t for b in BENCHMARKS.values() for t in b.tasks}
+    out = {}
+    for part in [p.strip() for p in spec.split(",") if p.strip()]:
+        if "=" not in part:
+            raise ValueError(f"--expected {spec!r}: each entry is TASK=N (or *=N), got {part!r}.")
+        k, v = part.split("=", 1)
+        k = k.strip()
+        try:
+            n = int(v)
+        except ValueError:
+            raise ValueError(f"--expected {spec!r}: {v!r} is not a whole number.") from None
+        if n < 0:
+            raise ValueError(f"--expected {spec!r}: counts cannot be negative.")
+        if k == "*":
+            out.update({t: n for t in tasks})
+        elif k in tasks:
+            out[k] = n
+        elif k not in known:
+            raise ValueError(f"--expected {spec!r}: {k!r} is not a task (known: {', '.join(sorted(known))}).")
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -156,81 +202,90 @@ def parse_expected(spec: str, tasks: tuple[str, ...]) -> dict[str, int]:
 
 @dataclasses.dataclass
 class Pair:
-  name: str
-  degraded: np.ndarray
-  clean: np.ndarray
+    name: str
+    degraded: np.ndarray
+    clean: np.ndarray
 
 
 class ListSource:
-  """Pairs held in memory: `[(name, degraded uint8, clean uint8), ...]`."""
+    """Pairs held in memory: `[(name, degraded uint8, clean uint8), ...]`."""
 
-  def __init__(self, pairs):
-    self.pairs = [Pair(*p) for p in pairs]
+    def __init__(self, pairs):
+        self.pairs = [Pair(*p) for p in pairs]
 
-  def sizes(self) -> list[tuple[int, int]]:
-    return [p.degraded.shape[:2] for p in self.pairs]
+    def sizes(self) -> list[tuple[int, int]]:
+        return [p.degraded.shape[:2] for p in self.pairs]
 
-  def examples(self) -> Iterator[Pair]:
-    return iter(self.pairs)
+    def examples(self) -> Iterator[Pair]:
+        return iter(self.pairs)
 
 
 class SplitSource:
-  """One prepared evaluation split of `baryir_jax.data` (name order, as `load_eval_split`)."""
+    """One prepared evaluation split of `baryir_jax.data` (name order, as `load_eval_split`)."""
 
-  def __init__(self, data_dir: str, dataset: str, split: str, limit: int | None = None):
-    self.data_dir, self.dataset, self.split, self.limit = data_dir, dataset, split, limit
+    def __init__(self, data_dir: str, dataset: str, split: str, limit: int | None = None):
+        self.data_dir, self.dataset, self.split, self.limit = data_dir, dataset, split, limit
 
-  def sizes(self) -> list[tuple[int, int]]:
-    """Image sizes from the encoded headers (no pixel decoding)."""
-    from baryir_jax.data import sources
-    src = sources.open_split(self.data_dir, self.dataset, self.split, skip_decoding=('degraded', 'clean'))
-    recs = []
-    for i in range(len(src)):
-      rec = src[i]
-      name = rec['name'].decode() if isinstance(rec['name'], bytes) else str(rec['name'])
-      with Image.open(io.BytesIO(rec['degraded'])) as im:
-        w, h = im.size
-      recs.append((name, (h, w)))
-    recs.sort()
-    if self.limit is not None:
-      recs = recs[:self.limit]
-    return [s for _, s in recs]
+    def sizes(self) -> list[tuple[int, int]]:
+        """Image sizes from the encoded headers (no pixel decoding)."""
+        from baryir_jax.data import sources
 
-  def examples(self) -> Iterator[Pair]:
-    from baryir_jax.data import sources
-    for ex in sources.load_eval_split(self.data_dir, self.dataset, self.split, limit=self.limit):
-      yield Pair(ex.name, ex.degraded, ex.clean)
+        src = sources.open_split(self.data_dir, self.dataset, self.split, skip_decoding=("degraded", "clean"))
+        recs = []
+        for i in range(len(src)):
+            rec = src[i]
+            name = rec["name"].decode() if isinstance(rec["name"], bytes) else str(rec["name"])
+            with Image.open(io.BytesIO(rec["degraded"])) as im:
+                w, h = im.size
+            recs.append((name, (h, w)))
+        recs.sort()
+        if self.limit is not None:
+            recs = recs[: self.limit]
+        return [s for _, s in recs]
+
+    def examples(self) -> Iterator[Pair]:
+        from baryir_jax.data import sources
+
+        for ex in sources.load_eval_split(self.data_dir, self.dataset, self.split, limit=self.limit):
+            yield Pair(ex.name, ex.degraded, ex.clean)
 
 
 class UnseenSource:
-  """One unseen task built on the fly from a source of clean images (checksummed as it goes)."""
+    """One unseen task built on the fly from a source of clean images (checksummed as it goes)."""
 
-  def __init__(self, task: str, clean_source, entries: list):
-    self.task, self.clean_source, self.entries = task, clean_source, entries
+    def __init__(self, task: str, clean_source, entries: list):
+        self.task, self.clean_source, self.entries = task, clean_source, entries
 
-  def sizes(self):
-    return self.clean_source.sizes()
+    def sizes(self):
+        return self.clean_source.sizes()
 
-  def examples(self) -> Iterator[Pair]:
-    for p in self.clean_source.examples():
-      ex = unseen_lib.UnseenExample(self.task, p.name, unseen_lib.degrade(self.task, p.clean, p.name), p.clean)
-      self.entries.append(unseen_lib.entry(ex))
-      yield Pair(p.name, ex.degraded, ex.clean)
+    def examples(self) -> Iterator[Pair]:
+        for p in self.clean_source.examples():
+            ex = unseen_lib.UnseenExample(self.task, p.name, unseen_lib.degrade(self.task, p.clean, p.name), p.clean)
+            self.entries.append(unseen_lib.entry(ex))
+            yield Pair(p.name, ex.degraded, ex.clean)
 
 
-def data_sources(benchmark: Benchmark, data_dir: str, collection: str = 'benchmark', limit: int | None = None,
-                 unseen_entries: list | None = None) -> dict:
-  from baryir_jax.data import sources
-  out = {}
-  for task in benchmark.tasks:
-    if task in unseen_lib.TASKS:
-      dataset, split = sources.EVAL_TASKS[collection][unseen_lib.SOURCE_TASK]
-      out[task] = UnseenSource(task, SplitSource(data_dir, dataset, split, limit),
-                               unseen_entries if unseen_entries is not None else [])
-    else:
-      dataset, split = sources.EVAL_TASKS[collection][task]
-      out[task] = SplitSource(data_dir, dataset, split, limit)
-  return out
+def data_sources(
+    benchmark: Benchmark,
+    data_dir: str,
+    collection: str = "benchmark",
+    limit: int | None = None,
+    unseen_entries: list | None = None,
+) -> dict:
+    from baryir_jax.data import sources
+
+    out = {}
+    for task in benchmark.tasks:
+        if task in unseen_lib.TASKS:
+            dataset, split = sources.EVAL_TASKS[collection][unseen_lib.SOURCE_TASK]
+            out[task] = UnseenSource(
+                task, SplitSource(data_dir, dataset, split, limit), unseen_entries if unseen_entries is not None else []
+            )
+        else:
+            dataset, split = sources.EVAL_TASKS[collection][task]
+            out[task] = SplitSource(data_dir, dataset, split, limit)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -240,201 +295,258 @@ def data_sources(benchmark: Benchmark, data_dir: str, collection: str = 'benchma
 
 @dataclasses.dataclass
 class Options:
-  mode: str = 'trim'  # 'trim' (official) or 'pad'
-  pad_mode: str = 'reflect'
-  max_shapes: int = 8
-  y_channel: bool = False
-  save_images: bool = True
-  progress: bool = True
+    mode: str = "trim"  # 'trim' (official) or 'pad'
+    pad_mode: str = "reflect"
+    max_shapes: int = 8
+    y_channel: bool = False
+    save_images: bool = True
+    progress: bool = True
 
 
 def scored_size(h: int, w: int, mode: str) -> tuple[int, int]:
-  return (h - h % shapes_lib.MULTIPLE, w - w % shapes_lib.MULTIPLE) if mode == 'trim' else (h, w)
+    return (h - h % shapes_lib.MULTIPLE, w - w % shapes_lib.MULTIPLE) if mode == "trim" else (h, w)
 
 
 def _safe_rel(name: str) -> str:
-  rel = os.path.normpath(name.replace('\\', '/'))
-  if os.path.isabs(rel) or rel.startswith('..'):
-    rel = os.path.basename(rel)
-  return os.path.splitext(rel)[0] + '.png'
+    rel = os.path.normpath(name.replace("\\", "/"))
+    if os.path.isabs(rel) or rel.startswith(".."):
+        rel = os.path.basename(rel)
+    return os.path.splitext(rel)[0] + ".png"
 
 
 def _fmt(v: float) -> str:
-  return 'inf' if math.isinf(v) else f'{v:.6f}'
+    return "inf" if math.isinf(v) else f"{v:.6f}"
 
 
-def evaluate(restorer: Restorer, benchmark: Benchmark, task_sources: dict, expected: dict[str, int],
-             output_dir: str | None, options: Options = Options(), *, log: Callable[[str], None] = print,
-             refuse: list[str] | None = None) -> dict:
-  """Score every task of `benchmark`; write images, `per_image.csv`, `table.md`, `table.json` to `output_dir`.
-  Returns the table as a dict (what `table.json` holds). `refuse` lists extra reasons to refuse the average."""
-  from baryir_jax.data.report import DataError
-  from tqdm import tqdm
-  if options.mode not in ('trim', 'pad'):
-    raise ValueError(f"mode must be 'trim' or 'pad', got {options.mode!r}.")
-  t0 = time.perf_counter()
-  errors: dict[str, str] = {}
-  sizes: dict[str, list] = {}
-  for task in benchmark.tasks:
-    try:
-      sizes[task] = [scored_size(h, w, options.mode) for h, w in task_sources[task].sizes()]
-    except (DataError, ValueError, OSError) as e:
-      errors[task] = str(e)
-      sizes[task] = []
-  usable = [s for v in sizes.values() for s in v if min(s) >= metrics_min_side()]
-  plan = shapes_lib.plan_buckets(usable, options.max_shapes)
-  n_img = sum(len(v) for v in sizes.values())
-  log(f'{n_img} images in {len(set(usable))} distinct sizes -> {len(set(plan.values()))} compiled shape(s) '
-      f'(max_shapes={options.max_shapes}; padding adds {100 * shapes_lib.padding_overhead(usable, plan):.1f}% '
-      'pixels)')
-  rows, per_task, ran = [], {}, set()
-  image_dir = os.path.join(output_dir, 'images') if output_dir and options.save_images else None
-  for task in benchmark.tasks:
-    res = {'psnr': None, 'ssim': None, 'count': 0, 'expected': expected.get(task), 'skipped': [],
-           'in_average': next(c.in_average for c in benchmark.columns if c.task == task)}
-    per_task[task] = res
-    if task in errors:
-      res['error'] = errors[task]
-      log(f'{task}: not evaluated: {errors[task]}')
-      continue
-    ps, ss = [], []
-    bar = tqdm(task_sources[task].examples(), total=len(sizes[task]), desc=task, unit='img',
-               disable=not options.progress, leave=False, file=sys.stderr)
-    try:
-      for ex in bar:
-        deg, clean = ex.degraded, ex.clean
-        if deg.shape != clean.shape:
-          res['skipped'].append(f'{ex.name}: degraded {deg.shape} and target {clean.shape} differ in size')
-          continue
-        if options.mode == 'trim':
-          deg, clean = shapes_lib.trim(deg), shapes_lib.trim(clean)
-        h, w = deg.shape[:2]
-        if min(h, w) < metrics_min_side():
-          res['skipped'].append(f'{ex.name}: {h}x{w} after {options.mode} is smaller than the 7x7 SSIM window')
-          continue
-        bucket = plan.get((h, w))
-        if bucket is None:  # a size the header scan did not see: compile it as it is
-          bucket = plan[(h, w)] = (shapes_lib.round_up(h, 8), shapes_lib.round_up(w, 8))
-        x = shapes_lib.pad_to(deg, *bucket, options.pad_mode).astype(np.float32) / np.float32(255.0)
-        y = shapes_lib.pad_to(clean, *bucket, 'edge')
-        q, p, s = restorer.evaluate(x[None], y[None], np.array([[h, w]]), options.y_channel)
-        ran.add(bucket)
-        p, s = float(p[0]), float(s[0])
-        ps.append(p)
-        ss.append(s)
-        rows.append({'task': task, 'name': ex.name, 'psnr': p, 'ssim': s, 'height': h, 'width': w})
-        if image_dir:
-          path = os.path.join(image_dir, task, _safe_rel(ex.name))
-          os.makedirs(os.path.dirname(path), exist_ok=True)
-          Image.fromarray(q[0, :h, :w]).save(path)
-    except (DataError, OSError) as e:
-      res['error'] = f'reading stopped after {len(ps)} images: {e}'
-      log(f'{task}: {res["error"]}')
-    finally:
-      bar.close()
-    res['count'] = len(ps)
-    if ps:
-      res['psnr'], res['ssim'] = float(np.mean(ps)), float(np.mean(ss))
-    for line in res['skipped'][:5]:
-      log(f'{task}: skipped {line}')
-    if len(res['skipped']) > 5:
-      log(f'{task}: ... {len(res["skipped"]) - 5} more skipped (all listed in table.json)')
-  reasons = list(refuse or [])
-  for task, res in per_task.items():
-    exp = res['expected']
-    if 'error' in res:
-      reasons.append(f'{task}: {res["count"]}/{exp} images ({res["error"].splitlines()[0]})')
-    elif exp is not None and res['count'] != exp:
-      gap = exp - res['count']
-      what = f'{gap} missing' if gap > 0 else f'{-gap} more than the benchmark has'
-      reasons.append(f'{task}: {res["count"]}/{exp} images ({what}'
-                     + (f'; {len(res["skipped"])} skipped' if res['skipped'] else '') + ')')
-  average = None
-  if not reasons:
-    cols = [per_task[c.task] for c in benchmark.columns if c.in_average]
-    average = {'psnr': float(np.mean([c['psnr'] for c in cols])), 'ssim': float(np.mean([c['ssim'] for c in cols]))}
-  table = {
-      'benchmark': benchmark.name, 'title': benchmark.title,
-      'columns': [{'task': c.task, 'title': c.title, 'in_average': c.in_average} for c in benchmark.columns],
-      'tasks': per_task, 'average': average, 'average_refused': reasons or None,
-      'images': sum(r['count'] for r in per_task.values()),
-      'expected_images': sum(v for v in (r['expected'] for r in per_task.values()) if v is not None),
-      'compiled_shapes': len(ran), 'shapes': [list(b) for b in sorted(ran)],
-      'protocol': protocol(options), 'model': describe(restorer), 'label': restorer.label,
-      'extra_note': benchmark.extra_note,
-      'seconds': round(time.perf_counter() - t0, 2),
-  }
-  if output_dir:
-    os.makedirs(output_dir, exist_ok=True)
-    with open(os.path.join(output_dir, 'per_image.csv'), 'w', newline='', encoding='utf-8') as f:
-      wr = csv.writer(f)
-      wr.writerow(['task', 'name', 'psnr', 'ssim', 'height', 'width'])
-      for r in rows:
-        wr.writerow([r['task'], r['name'], _fmt(r['psnr']), f'{r["ssim"]:.6f}', r['height'], r['width']])
-    save_json(os.path.join(output_dir, 'table.json'), _finite(table))
-    with open(os.path.join(output_dir, 'table.md'), 'w', encoding='utf-8') as f:
-      f.write(render_markdown(table))
-  return table
+def evaluate(
+    restorer: Restorer,
+    benchmark: Benchmark,
+    task_sources: dict,
+    expected: dict[str, int],
+    output_dir: str | None,
+    options: Options = Options(),
+    *,
+    log: Callable[[str], None] = print,
+    refuse: list[str] | None = None,
+) -> dict:
+    """Score every task of `benchmark`; write images, `per_image.csv`, `table.md`, `table.json` to `output_dir`.
+    Returns the table as a dict (what `table.json` holds). `refuse` lists extra reasons to refuse the average."""
+    from baryir_jax.data.report import DataError
+    from tqdm import tqdm
+
+    if options.mode not in ("trim", "pad"):
+        raise ValueError(f"mode must be 'trim' or 'pad', got {options.mode!r}.")
+    t0 = time.perf_counter()
+    errors: dict[str, str] = {}
+    sizes: dict[str, list] = {}
+    for task in benchmark.tasks:
+        try:
+            sizes[task] = [scored_size(h, w, options.mode) for h, w in task_sources[task].sizes()]
+        except (DataError, ValueError, OSError) as e:
+            errors[task] = str(e)
+            sizes[task] = []
+    usable = [s for v in sizes.values() for s in v if min(s) >= metrics_min_side()]
+    plan = shapes_lib.plan_buckets(usable, options.max_shapes)
+    n_img = sum(len(v) for v in sizes.values())
+    log(
+        f"{n_img} images in {len(set(usable))} distinct sizes -> {len(set(plan.values()))} compiled shape(s) "
+        f"(max_shapes={options.max_shapes}; padding adds {100 * shapes_lib.padding_overhead(usable, plan):.1f}% "
+        "pixels)"
+    )
+    rows, per_task, ran = [], {}, set()
+    image_dir = os.path.join(output_dir, "images") if output_dir and options.save_images else None
+    for task in benchmark.tasks:
+        res = {
+            "psnr": None,
+            "ssim": None,
+            "count": 0,
+            "expected": expected.get(task),
+            "skipped": [],
+            "in_average": next(c.in_average for c in benchmark.columns if c.task == task),
+        }
+        per_task[task] = res
+        if task in errors:
+            res["error"] = errors[task]
+            log(f"{task}: not evaluated: {errors[task]}")
+            continue
+        ps, ss = [], []
+        bar = tqdm(
+            task_sources[task].examples(),
+            total=len(sizes[task]),
+            desc=task,
+            unit="img",
+            disable=not options.progress,
+            leave=False,
+            file=sys.stderr,
+        )
+        try:
+            for ex in bar:
+                deg, clean = ex.degraded, ex.clean
+                if deg.shape != clean.shape:
+                    res["skipped"].append(f"{ex.name}: degraded {deg.shape} and target {clean.shape} differ in size")
+                    continue
+                if options.mode == "trim":
+                    deg, clean = shapes_lib.trim(deg), shapes_lib.trim(clean)
+                h, w = deg.shape[:2]
+                if min(h, w) < metrics_min_side():
+                    res["skipped"].append(
+                        f"{ex.name}: {h}x{w} after {options.mode} is smaller than the 7x7 SSIM window"
+                    )
+                    continue
+                bucket = plan.get((h, w))
+                if bucket is None:  # a size the header scan did not see: compile it as it is
+                    bucket = plan[(h, w)] = (shapes_lib.round_up(h, 8), shapes_lib.round_up(w, 8))
+                x = shapes_lib.pad_to(deg, *bucket, options.pad_mode).astype(np.float32) / np.float32(255.0)
+                y = shapes_lib.pad_to(clean, *bucket, "edge")
+                q, p, s = restorer.evaluate(x[None], y[None], np.array([[h, w]]), options.y_channel)
+                ran.add(bucket)
+                p, s = float(p[0]), float(s[0])
+                ps.append(p)
+                ss.append(s)
+                rows.append({"task": task, "name": ex.name, "psnr": p, "ssim": s, "height": h, "width": w})
+                if image_dir:
+                    path = os.path.join(image_dir, task, _safe_rel(ex.name))
+                    os.makedirs(os.path.dirname(path), exist_ok=True)
+                    Image.fromarray(q[0, :h, :w]).save(path)
+        except (DataError, OSError) as e:
+            res["error"] = f"reading stopped after {len(ps)} images: {e}"
+            log(f"{task}: {res['error']}")
+        finally:
+            bar.close()
+        res["count"] = len(ps)
+        if ps:
+            res["psnr"], res["ssim"] = float(np.mean(ps)), float(np.mean(ss))
+        for line in res["skipped"][:5]:
+            log(f"{task}: skipped {line}")
+        if len(res["skipped"]) > 5:
+            log(f"{task}: ... {len(res['skipped']) - 5} more skipped (all listed in table.json)")
+    reasons = list(refuse or [])
+    for task, res in per_task.items():
+        exp = res["expected"]
+        if "error" in res:
+            reasons.append(f"{task}: {res['count']}/{exp} images ({res['error'].splitlines()[0]})")
+        elif exp is not None and res["count"] != exp:
+            gap = exp - res["count"]
+            what = f"{gap} missing" if gap > 0 else f"{-gap} more than the benchmark has"
+            reasons.append(
+                f"{task}: {res['count']}/{exp} images ({what}"
+                + (f"; {len(res['skipped'])} skipped" if res["skipped"] else "")
+                + ")"
+            )
+    average = None
+    if not reasons:
+        cols = [per_task[c.task] for c in benchmark.columns if c.in_average]
+        average = {"psnr": float(np.mean([c["psnr"] for c in cols])), "ssim": float(np.mean([c["ssim"] for c in cols]))}
+    table = {
+        "benchmark": benchmark.name,
+        "title": benchmark.title,
+        "columns": [{"task": c.task, "title": c.title, "in_average": c.in_average} for c in benchmark.columns],
+        "tasks": per_task,
+        "average": average,
+        "average_refused": reasons or None,
+        "images": sum(r["count"] for r in per_task.values()),
+        "expected_images": sum(v for v in (r["expected"] for r in per_task.values()) if v is not None),
+        "compiled_shapes": len(ran),
+        "shapes": [list(b) for b in sorted(ran)],
+        "protocol": protocol(options),
+        "model": describe(restorer),
+        "label": restorer.label,
+        "extra_note": benchmark.extra_note,
+        "seconds": round(time.perf_counter() - t0, 2),
+    }
+    if output_dir:
+        os.makedirs(output_dir, exist_ok=True)
+        with open(os.path.join(output_dir, "per_image.csv"), "w", newline="", encoding="utf-8") as f:
+            wr = csv.writer(f)
+            wr.writerow(["task", "name", "psnr", "ssim", "height", "width"])
+            for r in rows:
+                wr.writerow([r["task"], r["name"], _fmt(r["psnr"]), f"{r['ssim']:.6f}", r["height"], r["width"]])
+        save_json(os.path.join(output_dir, "table.json"), _finite(table))
+        with open(os.path.join(output_dir, "table.md"), "w", encoding="utf-8") as f:
+            f.write(render_markdown(table))
+    return table
 
 
 def metrics_min_side() -> int:
-  from baryir_jax.evaluate.metrics import WINDOW
-  return WINDOW
+    from baryir_jax.evaluate.metrics import WINDOW
+
+    return WINDOW
 
 
 def protocol(options: Options) -> str:
-  geo = ('trimmed at the bottom/right to multiples of 8 (official)' if options.mode == 'trim'
-         else 'padded to multiples of 8 and cropped back (every pixel scored)')
-  ch = 'BT.601 Y channel' if options.y_channel else 'RGB'
-  return (f'whole images, {geo}; output quantised uint8(clamp(x*255+0.5, 0, 255)); PSNR/SSIM on uint8 {ch} as '
-          'skimage peak_signal_noise_ratio(data_range=255) / structural_similarity(channel_axis=2, '
-          'data_range=255, 7x7 uniform window)')
+    geo = (
+        "trimmed at the bottom/right to multiples of 8 (official)"
+        if options.mode == "trim"
+        else "padded to multiples of 8 and cropped back (every pixel scored)"
+    )
+    ch = "BT.601 Y channel" if options.y_channel else "RGB"
+    return (
+        f"whole images, {geo}; output quantised uint8(clamp(x*255+0.5, 0, 255)); PSNR/SSIM on uint8 {ch} as "
+        "skimage peak_signal_noise_ratio(data_range=255) / structural_similarity(channel_axis=2, "
+        "data_range=255, 7x7 uniform window)"
+    )
 
 
 def _finite(obj):
-  if isinstance(obj, float) and not math.isfinite(obj):
-    return str(obj)
-  if isinstance(obj, dict):
-    return {k: _finite(v) for k, v in obj.items()}
-  if isinstance(obj, (list, tuple)):
-    return [_finite(v) for v in obj]
-  return obj
+    if isinstance(obj, float) and not math.isfinite(obj):
+        return str(obj)
+    if isinstance(obj, dict):
+        return {k: _finite(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_finite(v) for v in obj]
+    return obj
 
 
 def _cell(res) -> str:
-  if res.get('psnr') is None:
-    return '—'
-  cell = f'{res["psnr"]:.2f}/{res["ssim"]:.3f}'
-  if res.get('expected') is not None and res['count'] != res['expected']:
-    cell += f' ({res["count"]}/{res["expected"]})'
-  return cell
+    if res.get("psnr") is None:
+        return "—"
+    cell = f"{res['psnr']:.2f}/{res['ssim']:.3f}"
+    if res.get("expected") is not None and res["count"] != res["expected"]:
+        cell += f" ({res['count']}/{res['expected']})"
+    return cell
 
 
 def render_markdown(table: dict) -> str:
-  cols = table['columns']
-  main = [c for c in cols if c['in_average']]
-  extra = [c for c in cols if not c['in_average']]
-  head = ['Method'] + [c['title'] for c in main] + ['Average'] + [c['title'] for c in extra]
-  avg = table['average']
-  avg_cell = f'{avg["psnr"]:.2f}/{avg["ssim"]:.3f}' if avg else 'refused'
-  row = [table['label']] + [_cell(table['tasks'][c['task']]) for c in main] + [avg_cell] + \
-        [_cell(table['tasks'][c['task']]) for c in extra]
-  n_main = sum(table['tasks'][c['task']]['count'] for c in main)
-  e_main = sum(table['tasks'][c['task']]['expected'] or 0 for c in main)
-  counts = ['images'] + [f'{table["tasks"][c["task"]]["count"]}/{table["tasks"][c["task"]]["expected"]}'
-                         for c in main] + [f'{n_main}/{e_main}'] + \
-           [f'{table["tasks"][c["task"]]["count"]}/{table["tasks"][c["task"]]["expected"]}' for c in extra]
-  lines = [f'# {table["label"]}: {table["benchmark"]} benchmark, {table["title"]}', '',
-           '| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head), '| ' + ' | '.join(row) + ' |',
-           '| ' + ' | '.join(counts) + ' |', '',
-           f'PSNR (dB) / SSIM. {table["images"]} of {table["expected_images"]} expected images; '
-           f'{table["compiled_shapes"]} compiled shape(s); {table["seconds"]} s.', '',
-           f'Protocol: {table["protocol"]}.']
-  if extra and table.get('extra_note'):
-    lines += ['', table['extra_note']]
-  if table['average_refused']:
-    lines += ['', '**Average refused**: the benchmark is incomplete:'] + [f'- {r}' for r in table['average_refused']]
-  return '\n'.join(lines) + '\n'
+    cols = table["columns"]
+    main = [c for c in cols if c["in_average"]]
+    extra = [c for c in cols if not c["in_average"]]
+    head = ["Method"] + [c["title"] for c in main] + ["Average"] + [c["title"] for c in extra]
+    avg = table["average"]
+    avg_cell = f"{avg['psnr']:.2f}/{avg['ssim']:.3f}" if avg else "refused"
+    row = (
+        [table["label"]]
+        + [_cell(table["tasks"][c["task"]]) for c in main]
+        + [avg_cell]
+        + [_cell(table["tasks"][c["task"]]) for c in extra]
+    )
+    n_main = sum(table["tasks"][c["task"]]["count"] for c in main)
+    e_main = sum(table["tasks"][c["task"]]["expected"] or 0 for c in main)
+    counts = (
+        ["images"]
+        + [f"{table['tasks'][c['task']]['count']}/{table['tasks'][c['task']]['expected']}" for c in main]
+        + [f"{n_main}/{e_main}"]
+        + [f"{table['tasks'][c['task']]['count']}/{table['tasks'][c['task']]['expected']}" for c in extra]
+    )
+    lines = [
+        f"# {table['label']}: {table['benchmark']} benchmark, {table['title']}",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "---|" * len(head),
+        "| " + " | ".join(row) + " |",
+        "| " + " | ".join(counts) + " |",
+        "",
+        f"PSNR (dB) / SSIM. {table['images']} of {table['expected_images']} expected images; "
+        f"{table['compiled_shapes']} compiled shape(s); {table['seconds']} s.",
+        "",
+        f"Protocol: {table['protocol']}.",
+    ]
+    if extra and table.get("extra_note"):
+        lines += ["", table["extra_note"]]
+    if table["average_refused"]:
+        lines += ["", "**Average refused**: the benchmark is incomplete:"] + [
+            f"- {r}" for r in table["average_refused"]
+        ]
+    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -443,108 +555,140 @@ def render_markdown(table: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-  p = argparse.ArgumentParser(prog='baryir-evaluate', description=__doc__.split('\n')[0],
-                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-  p.add_argument('--checkpoint', required=True, help='model checkpoint directory (model_config.json + params/)')
-  p.add_argument('--config', default=None, help='config file (path.py or path.py:ARG) with get_config(): '
-                 'config.model (BaryNet arguments, needed only without model_config.json; dtype) and '
-                 'config.data.data_dir')
-  p.add_argument('--data_dir', default=None, help='prepared data sets (default: config.data.data_dir)')
-  p.add_argument('--benchmark', required=True, choices=tuple(BENCHMARKS))
-  p.add_argument('--output', default=None, help='output folder (default: baryir_eval_<benchmark>)')
-  p.add_argument('--collection', default=None, choices=('benchmark', 'embedded'),
-                 help="'benchmark' (default, or config.data.collection) or 'embedded': the tiny offline set built "
-                      'from scikit-image photographs (2 images per task)')
-  p.add_argument('--mode', default='trim', choices=('trim', 'pad'),
-                 help='trim to multiples of 8 (official) or pad and crop back (scores every pixel)')
-  p.add_argument('--pad', default='reflect', choices=('reflect', 'edge'), help='padding for buckets and --mode pad')
-  p.add_argument('--max_shapes', type=int, default=8, help='at most this many compiled shapes (0: no bucketing)')
-  p.add_argument('--tasks', default=None, help='comma-separated subset of the benchmark\'s tasks (no average)')
-  p.add_argument('--limit', type=int, default=None, help='first N images per task (quick check; no average)')
-  p.add_argument('--expected', default=None,
-                 help='override expected counts for custom/miniature sets: TASK=N,... or *=N')
-  p.add_argument('--y_channel', action='store_true', help='score BT.601 luma instead of RGB')
-  p.add_argument('--no_images', action='store_true', help='do not write the restored PNGs')
-  p.add_argument('--unseen_manifest', default=None,
-                 help='unseen: a reference unseen_manifest.json; the average is refused if the inputs differ')
-  p.add_argument('--dtype', default=None, choices=('float32', 'bfloat16'), help='compute dtype override')
-  p.add_argument('--name', default=None, help='the method name in the table (default: from the checkpoint)')
-  p.add_argument('--no_progress', action='store_true')
-  return p
+    p = argparse.ArgumentParser(
+        prog="baryir-evaluate",
+        description=__doc__.split("\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__,
+    )
+    p.add_argument("--checkpoint", required=True, help="model checkpoint directory (model_config.json + params/)")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="config file (path.py or path.py:ARG) with get_config(): "
+        "config.model (BaryNet arguments, needed only without model_config.json; dtype) and "
+        "config.data.data_dir",
+    )
+    p.add_argument("--data_dir", default=None, help="prepared data sets (default: config.data.data_dir)")
+    p.add_argument("--benchmark", required=True, choices=tuple(BENCHMARKS))
+    p.add_argument("--output", default=None, help="output folder (default: baryir_eval_<benchmark>)")
+    p.add_argument(
+        "--collection",
+        default=None,
+        choices=("benchmark", "embedded"),
+        help="'benchmark' (default, or config.data.collection) or 'embedded': the tiny offline set built "
+        "from scikit-image photographs (2 images per task)",
+    )
+    p.add_argument(
+        "--mode",
+        default="trim",
+        choices=("trim", "pad"),
+        help="trim to multiples of 8 (official) or pad and crop back (scores every pixel)",
+    )
+    p.add_argument("--pad", default="reflect", choices=("reflect", "edge"), help="padding for buckets and --mode pad")
+    p.add_argument("--max_shapes", type=int, default=8, help="at most this many compiled shapes (0: no bucketing)")
+    p.add_argument("--tasks", default=None, help="comma-separated subset of the benchmark's tasks (no average)")
+    p.add_argument("--limit", type=int, default=None, help="first N images per task (quick check; no average)")
+    p.add_argument(
+        "--expected", default=None, help="override expected counts for custom/miniature sets: TASK=N,... or *=N"
+    )
+    p.add_argument("--y_channel", action="store_true", help="score BT.601 luma instead of RGB")
+    p.add_argument("--no_images", action="store_true", help="do not write the restored PNGs")
+    p.add_argument(
+        "--unseen_manifest",
+        default=None,
+        help="unseen: a reference unseen_manifest.json; the average is refused if the inputs differ",
+    )
+    p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="compute dtype override")
+    p.add_argument("--name", default=None, help="the method name in the table (default: from the checkpoint)")
+    p.add_argument("--no_progress", action="store_true")
+    return p
 
 
 def main(argv=None) -> int:
-  args = build_parser().parse_args(argv)
-  from baryir_jax.evaluate.checkpoint import config_collection, config_data_dir, load_config, load_restorer
-  bench = BENCHMARKS[args.benchmark]
-  try:
-    config = load_config(args.config) if args.config else None
-    data_dir = args.data_dir or config_data_dir(config)
-    collection = args.collection or config_collection(config) or 'benchmark'
-    if collection not in ('benchmark', 'embedded'):
-      raise CheckpointError(f'config.data.collection is {collection!r}; evaluation knows benchmark and embedded.')
-    if not data_dir:
-      raise CheckpointError('no data directory: pass --data_dir DIR (the prepared data sets) or a --config whose '
-                            'config.data.data_dir is set.')
-    if args.limit is not None and args.limit < 1:
-      raise CheckpointError(f'--limit must be at least 1, got {args.limit}.')
+    args = build_parser().parse_args(argv)
+    from baryir_jax.evaluate.checkpoint import config_collection, config_data_dir, load_config, load_restorer
+
+    bench = BENCHMARKS[args.benchmark]
+    try:
+        config = load_config(args.config) if args.config else None
+        data_dir = args.data_dir or config_data_dir(config)
+        collection = args.collection or config_collection(config) or "benchmark"
+        if collection not in ("benchmark", "embedded"):
+            raise CheckpointError(f"config.data.collection is {collection!r}; evaluation knows benchmark and embedded.")
+        if not data_dir:
+            raise CheckpointError(
+                "no data directory: pass --data_dir DIR (the prepared data sets) or a --config whose "
+                "config.data.data_dir is set."
+            )
+        if args.limit is not None and args.limit < 1:
+            raise CheckpointError(f"--limit must be at least 1, got {args.limit}.")
+        if args.tasks:
+            chosen = [t.strip() for t in args.tasks.split(",") if t.strip()]
+            unknown = [t for t in chosen if t not in bench.tasks]
+            if unknown:
+                raise CheckpointError(
+                    f"--tasks: {', '.join(unknown)} not in the {bench.name} benchmark ({', '.join(bench.tasks)})."
+                )
+            bench = dataclasses.replace(bench, columns=tuple(c for c in bench.columns if c.task in chosen))
+        bench = for_collection(bench, collection)
+        expected = expected_counts(BENCHMARKS[args.benchmark], collection)
+        if args.expected:
+            expected.update(parse_expected(args.expected, bench.tasks))
+        restorer = load_restorer(args.checkpoint, config, args.dtype)
+    except (CheckpointError, ValueError) as e:
+        print(f"baryir-evaluate: {e}", file=sys.stderr)
+        return 1
+    restorer.name = args.name
+    output = args.output or f"baryir_eval_{args.benchmark}"
+    entries: list = []
+    task_sources = data_sources(bench, data_dir, collection, args.limit, entries)
+    refuse = []
     if args.tasks:
-      chosen = [t.strip() for t in args.tasks.split(',') if t.strip()]
-      unknown = [t for t in chosen if t not in bench.tasks]
-      if unknown:
-        raise CheckpointError(f'--tasks: {", ".join(unknown)} not in the {bench.name} benchmark '
-                              f'({", ".join(bench.tasks)}).')
-      bench = dataclasses.replace(bench, columns=tuple(c for c in bench.columns if c.task in chosen))
-    bench = for_collection(bench, collection)
-    expected = expected_counts(BENCHMARKS[args.benchmark], collection)
-    if args.expected:
-      expected.update(parse_expected(args.expected, bench.tasks))
-    restorer = load_restorer(args.checkpoint, config, args.dtype)
-  except (CheckpointError, ValueError) as e:
-    print(f'baryir-evaluate: {e}', file=sys.stderr)
-    return 1
-  restorer.name = args.name
-  output = args.output or f'baryir_eval_{args.benchmark}'
-  entries: list = []
-  task_sources = data_sources(bench, data_dir, collection, args.limit, entries)
-  refuse = []
-  if args.tasks:
-    refuse.append(f'--tasks {args.tasks}: a subset of the {args.benchmark} benchmark')
-  if args.limit is not None:
-    refuse.append(f'--limit {args.limit}: a subset of every test set')
-  options = Options(mode=args.mode, pad_mode=args.pad, max_shapes=args.max_shapes, y_channel=args.y_channel,
-                    save_images=not args.no_images, progress=not args.no_progress)
-  print(f'{restorer.label}: {args.benchmark} on {data_dir} ({collection}) -> {output}')
-  table = evaluate(restorer, bench, task_sources, expected, output, options, refuse=refuse)
-  if args.benchmark == 'unseen' and entries:
-    current = unseen_lib.manifest(entries)
-    save_json(os.path.join(output, 'unseen_manifest.json'), current)
-    print(f'unseen inputs: {current["count"]} images, fingerprint {current["fingerprint"]}')
-    if args.unseen_manifest:
-      import json
-      with open(args.unseen_manifest) as f:
-        problems = unseen_lib.compare_manifests(json.load(f), current)
-      if problems:
-        for line in problems[:10]:
-          print(f'unseen inputs differ: {line}')
-        table['average'] = None
-        table['average_refused'] = (table['average_refused'] or []) + [
-            f'the unseen inputs differ from {args.unseen_manifest} in {len(problems)} place(s)']
-        save_json(os.path.join(output, 'table.json'), _finite(table))
-        with open(os.path.join(output, 'table.md'), 'w', encoding='utf-8') as f:
-          f.write(render_markdown(table))
-      else:
-        print(f'unseen inputs match {args.unseen_manifest}')
-  print(render_markdown(table))
-  print(f'compiled shapes: {table["compiled_shapes"]}; per-image results: {os.path.join(output, "per_image.csv")}')
-  if table['images'] == 0:
-    return 1
-  return 0 if table['average'] is not None else 2
+        refuse.append(f"--tasks {args.tasks}: a subset of the {args.benchmark} benchmark")
+    if args.limit is not None:
+        refuse.append(f"--limit {args.limit}: a subset of every test set")
+    options = Options(
+        mode=args.mode,
+        pad_mode=args.pad,
+        max_shapes=args.max_shapes,
+        y_channel=args.y_channel,
+        save_images=not args.no_images,
+        progress=not args.no_progress,
+    )
+    print(f"{restorer.label}: {args.benchmark} on {data_dir} ({collection}) -> {output}")
+    table = evaluate(restorer, bench, task_sources, expected, output, options, refuse=refuse)
+    if args.benchmark == "unseen" and entries:
+        current = unseen_lib.manifest(entries)
+        save_json(os.path.join(output, "unseen_manifest.json"), current)
+        print(f"unseen inputs: {current['count']} images, fingerprint {current['fingerprint']}")
+        if args.unseen_manifest:
+            import json
+
+            with open(args.unseen_manifest) as f:
+                problems = unseen_lib.compare_manifests(json.load(f), current)
+            if problems:
+                for line in problems[:10]:
+                    print(f"unseen inputs differ: {line}")
+                table["average"] = None
+                table["average_refused"] = (table["average_refused"] or []) + [
+                    f"the unseen inputs differ from {args.unseen_manifest} in {len(problems)} place(s)"
+                ]
+                save_json(os.path.join(output, "table.json"), _finite(table))
+                with open(os.path.join(output, "table.md"), "w", encoding="utf-8") as f:
+                    f.write(render_markdown(table))
+            else:
+                print(f"unseen inputs match {args.unseen_manifest}")
+    print(render_markdown(table))
+    print(f"compiled shapes: {table['compiled_shapes']}; per-image results: {os.path.join(output, 'per_image.csv')}")
+    if table["images"] == 0:
+        return 1
+    return 0 if table["average"] is not None else 2
 
 
 def run() -> None:  # console-script entry point
-  sys.exit(main())
+    sys.exit(main())
 
 
-if __name__ == '__main__':
-  run()
+if __name__ == "__main__":
+    run()

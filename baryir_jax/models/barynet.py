@@ -10,6 +10,7 @@ Sizes default to the official ones. The official constructor hard-codes a few wi
 that are consistent only at dim 48; here they are the multiples of ``dim`` they equal at dim 48
 (``dim*6``, ``dim*16``, ``dim*8``), so dim 48 is identical to the official network and other widths work.
 """
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple, Sequence
@@ -65,13 +66,27 @@ class BaryNet(nn.Module):
 
     def _blocks(self, x, n, dim, heads, prefix):
         for i in range(n):
-            x = TransformerBlock(dim, heads, self.ffn_expansion_factor, self.use_bias,
-                                 self.layernorm_type == "WithBias", self.dtype, name=f"{prefix}_{i}")(x)
+            x = TransformerBlock(
+                dim,
+                heads,
+                self.ffn_expansion_factor,
+                self.use_bias,
+                self.layernorm_type == "WithBias",
+                self.dtype,
+                name=f"{prefix}_{i}",
+            )(x)
         return x
 
     def _tb(self, x, dim, heads, name):
-        return TransformerBlock(dim, heads, self.ffn_expansion_factor, self.use_bias,
-                                self.layernorm_type == "WithBias", self.dtype, name=name)(x)
+        return TransformerBlock(
+            dim,
+            heads,
+            self.ffn_expansion_factor,
+            self.use_bias,
+            self.layernorm_type == "WithBias",
+            self.dtype,
+            name=name,
+        )(x)
 
     def _conv1(self, x, features, name):
         return conv2d(x, features, 1, use_bias=self.use_bias, dtype=self.dtype, name=name)
@@ -84,11 +99,13 @@ class BaryNet(nn.Module):
             raise ValueError(f"num_blocks and heads need 4 entries, got {self.num_blocks} and {self.heads}")
         if x.ndim != 4 or x.shape[-1] != self.inp_channels:
             raise ValueError(
-                f"BaryNet expects NHWC input with {self.inp_channels} channels, got shape {tuple(x.shape)}")
+                f"BaryNet expects NHWC input with {self.inp_channels} channels, got shape {tuple(x.shape)}"
+            )
         if x.shape[1] % 8 or x.shape[2] % 8:
             raise ValueError(
                 f"BaryNet needs height and width divisible by 8, got {x.shape[1]}x{x.shape[2]}; pad or trim the "
-                "image (baryir_jax.evaluate pads/trims whole images for you)")
+                "image (baryir_jax.evaluate pads/trims whole images for you)"
+            )
         d, nb, hd = self.dim, self.num_blocks, self.heads
         t_depth = nb[3] if self.bary_blocks is None else self.bary_blocks
         s = self.residual_scale
@@ -96,8 +113,9 @@ class BaryNet(nn.Module):
         x = inp.astype(self.dtype)
 
         # Encoder.
-        e1 = self._blocks(OverlapPatchEmbed(d, self.use_bias, self.dtype, name="patch_embed")(x),
-                          nb[0], d, hd[0], "encoder_level1")
+        e1 = self._blocks(
+            OverlapPatchEmbed(d, self.use_bias, self.dtype, name="patch_embed")(x), nb[0], d, hd[0], "encoder_level1"
+        )
         e2 = self._blocks(Downsample(d, self.dtype, name="down1_2")(e1), nb[1], 2 * d, hd[1], "encoder_level2")
         e3 = self._blocks(Downsample(2 * d, self.dtype, name="down2_3")(e2), nb[2], 4 * d, hd[2], "encoder_level3")
         latent = self._blocks(Downsample(4 * d, self.dtype, name="down3_4")(e3), nb[3], 8 * d, hd[3], "latent")
@@ -116,8 +134,7 @@ class BaryNet(nn.Module):
         rho3 = Upsample(8 * d, self.dtype, name="resup4_3")(res)
         main = self._conv1(jnp.concatenate([up, e3 + s * rho3], axis=-1), 4 * d, "reduce_chan_level3")
         main = self._blocks(main, nb[2], 4 * d, hd[2], "decoder_level3")
-        res = self._blocks(self._conv1(rho3, 4 * d, "resreduce_chan_level3"), nb[2], 4 * d, hd[2],
-                           "resdecoder_level3")
+        res = self._blocks(self._conv1(rho3, 4 * d, "resreduce_chan_level3"), nb[2], 4 * d, hd[2], "resdecoder_level3")
         main = self._conv1(self._tb(main, 4 * d, hd[2], "noise_level2"), 4 * d, "reduce_noise_level2")
         res = self._conv1(res, 4 * d, "resreduce_noise_level2")
 
@@ -126,8 +143,7 @@ class BaryNet(nn.Module):
         rho2 = Upsample(4 * d, self.dtype, name="resup3_2")(res)
         main = self._conv1(jnp.concatenate([up, e2 + s * rho2], axis=-1), 2 * d, "reduce_chan_level2")
         main = self._blocks(main, nb[1], 2 * d, hd[1], "decoder_level2")
-        res = self._blocks(self._conv1(rho2, 2 * d, "resreduce_chan_level2"), nb[1], 2 * d, hd[1],
-                           "resdecoder_level2")
+        res = self._blocks(self._conv1(rho2, 2 * d, "resreduce_chan_level2"), nb[1], 2 * d, hd[1], "resdecoder_level2")
         main = self._conv1(self._tb(main, 2 * d, hd[2], "noise_level1"), 2 * d, "reduce_noise_level1")
         res = self._conv1(res, 2 * d, "resreduce_noise_level1")
 
@@ -137,7 +153,6 @@ class BaryNet(nn.Module):
         main = jnp.concatenate([up, e1 + s * rho1], axis=-1)
         main = self._blocks(main, nb[0], 2 * d, hd[0], "decoder_level1")
         main = self._blocks(main, self.num_refinement_blocks, 2 * d, hd[0], "refinement")
-        out = conv2d(main, self.out_channels, 3, padding=1, use_bias=self.use_bias, dtype=self.dtype,
-                     name="output")
+        out = conv2d(main, self.out_channels, 3, padding=1, use_bias=self.use_bias, dtype=self.dtype, name="output")
         restored = out.astype(jnp.float32) + inp
         return BaryNetOutput(restored, z, b, r)

@@ -4,6 +4,7 @@ A model checkpoint is a directory with ``model_config.json`` (the keyword argume
 :class:`Potentials`) and ``params/``, an orbax checkpoint of ``{'barynet': …, 'potentials': … or absent}``.
 ``baryir-convert`` writes it; evaluation, restoration and fine-tuning read it.
 """
+
 from __future__ import annotations
 
 import json
@@ -28,9 +29,14 @@ def as_path(path) -> epath.Path:
     return epath.Path(path if "://" in path else os.path.abspath(path))
 
 
-def save_model_checkpoint(directory: str, barynet_params, barynet_config: dict[str, Any],
-                          potentials_params=None, potentials_config: dict[str, Any] | None = None,
-                          extra: dict[str, Any] | None = None) -> str:
+def save_model_checkpoint(
+    directory: str,
+    barynet_params,
+    barynet_config: dict[str, Any],
+    potentials_params=None,
+    potentials_config: dict[str, Any] | None = None,
+    extra: dict[str, Any] | None = None,
+) -> str:
     directory = as_path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     params_dir = directory / PARAMS_DIR
@@ -58,7 +64,8 @@ def load_model_checkpoint(directory: str):
     if not cfg_path.is_file() or not params_dir.is_dir():
         raise FileNotFoundError(
             f"{directory} is not a model checkpoint: it needs {CONFIG_FILE} and {PARAMS_DIR}/ (written by "
-            "baryir-convert or by training's model export)")
+            "baryir-convert or by training's model export)"
+        )
     meta = json.loads(cfg_path.read_text())
     with ocp.StandardCheckpointer() as ckptr:
         tree = ckptr.restore(params_dir)

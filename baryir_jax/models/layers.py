@@ -3,6 +3,7 @@
 Parameter names follow the official state-dict names (``qkv``, ``qkv_dwconv``, ``project_out``, ``norm1`` …) so
 that the converter is a mechanical renaming. Conv kernels are HWIO; every convolution is bias-free by default.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -44,9 +45,19 @@ def pixel_shuffle(x: jax.Array, r: int = 2) -> jax.Array:
     return x.reshape(b, h * r, w * r, co)
 
 
-def conv2d(x, features: int, kernel_size: int = 1, *, stride: int = 1, padding: int = 0, groups: int = 1,
-           use_bias: bool = False, dtype: Dtype = jnp.float32, name: str,
-           kernel_init: Any = torch_default_kernel_init):
+def conv2d(
+    x,
+    features: int,
+    kernel_size: int = 1,
+    *,
+    stride: int = 1,
+    padding: int = 0,
+    groups: int = 1,
+    use_bias: bool = False,
+    dtype: Dtype = jnp.float32,
+    name: str,
+    kernel_init: Any = torch_default_kernel_init,
+):
     """A 2-D convolution with PyTorch's semantics (symmetric explicit padding, default init), applied to ``x``.
 
     Must be called inside a compact Flax method; the parameters are ``{name}/kernel`` (HWIO) and, with
@@ -104,8 +115,9 @@ class DepthwiseConv(nn.Module):
         x = x.astype(self.dtype)
         if jax.default_backend() != "cpu":
             p = (k - 1) // 2
-            return jax.lax.conv_general_dilated(x, kernel, (1, 1), ((p, p), (p, p)),
-                                                dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c)
+            return jax.lax.conv_general_dilated(
+                x, kernel, (1, 1), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c
+            )
         return _depthwise_same(x, kernel[:, :, 0, :])
 
 
@@ -114,7 +126,7 @@ def _shifted_sum(xp, kernel, h, w):
     out = None
     for i in range(k):
         for j in range(k):
-            term = xp[:, i:i + h, j:j + w, :] * kernel[i, j]
+            term = xp[:, i : i + h, j : j + w, :] * kernel[i, j]
             out = term if out is None else out + term
     return out
 
@@ -148,8 +160,14 @@ def _depthwise_same_vjp_bwd(res, g):
     dx = _depthwise_same_fwd_only(g, kernel[::-1, ::-1])
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0)))
     g32 = g.astype(jnp.float32)
-    dk = jnp.stack([jnp.stack([jnp.einsum("bhwc,bhwc->c", xp[:, i:i + h, j:j + w].astype(jnp.float32), g32)
-                               for j in range(k)]) for i in range(k)])
+    dk = jnp.stack(
+        [
+            jnp.stack(
+                [jnp.einsum("bhwc,bhwc->c", xp[:, i : i + h, j : j + w].astype(jnp.float32), g32) for j in range(k)]
+            )
+            for i in range(k)
+        ]
+    )
     return dx.astype(x.dtype), dk.astype(kernel.dtype)
 
 
@@ -205,8 +223,9 @@ class MDTA(nn.Module):
             raise ValueError(f"MDTA: {c} channels are not divisible by {self.num_heads} heads")
         temperature = self.param("temperature", nn.initializers.ones, (self.num_heads,), jnp.float32)
         qkv = conv2d(x, 3 * c, 1, use_bias=self.use_bias, dtype=self.dtype, name="qkv")
-        qkv = conv2d(qkv, 3 * c, 3, padding=1, groups=3 * c, use_bias=self.use_bias, dtype=self.dtype,
-                     name="qkv_dwconv")
+        qkv = conv2d(
+            qkv, 3 * c, 3, padding=1, groups=3 * c, use_bias=self.use_bias, dtype=self.dtype, name="qkv_dwconv"
+        )
         q, k, v = jnp.split(qkv, 3, axis=-1)
         ch = c // self.num_heads
         # 'b h w (head c) -> b (h w) head c'; attention over channels, per head, summing over pixels x
@@ -231,8 +250,9 @@ class GDFN(nn.Module):
     def __call__(self, x):
         hidden = int(self.dim * self.ffn_expansion_factor)
         x = conv2d(x, 2 * hidden, 1, use_bias=self.use_bias, dtype=self.dtype, name="project_in")
-        x = conv2d(x, 2 * hidden, 3, padding=1, groups=2 * hidden, use_bias=self.use_bias, dtype=self.dtype,
-                   name="dwconv")
+        x = conv2d(
+            x, 2 * hidden, 3, padding=1, groups=2 * hidden, use_bias=self.use_bias, dtype=self.dtype, name="dwconv"
+        )
         x1, x2 = jnp.split(x, 2, axis=-1)
         x = jax.nn.gelu(x1, approximate=False) * x2
         return conv2d(x, self.dim, 1, use_bias=self.use_bias, dtype=self.dtype, name="project_out")

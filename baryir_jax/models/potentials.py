@@ -7,6 +7,7 @@ activation between the two) → LeakyReLU(0.2) → Linear(64 → 1). Linear laye
 
 Parameters are ``{'potential_0': …, …, 'potential_{K-1}': …}``, the layout ``baryir_jax.transport`` expects.
 """
+
 from __future__ import annotations
 
 import flax.linen as nn
@@ -31,16 +32,18 @@ class _Head(nn.Module):
 
     @nn.compact
     def __call__(self, b):
-        x = conv2d(b, self.channels, 4, stride=4, padding=1, groups=4, name="conv",
-                   kernel_init=nn.initializers.normal(0.02))
+        x = conv2d(
+            b, self.channels, 4, stride=4, padding=1, groups=4, name="conv", kernel_init=nn.initializers.normal(0.02)
+        )
         x = nn.leaky_relu(x, negative_slope=0.2)
         x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)  # PyTorch's Flatten order (C, H, W)
         f = self.features
 
         def dense(x, out, name):
             fan_in = x.shape[-1]
-            return nn.Dense(out, kernel_init=torch_default_kernel_init, bias_init=torch_default_bias_init(fan_in),
-                            name=name)(x)
+            return nn.Dense(
+                out, kernel_init=torch_default_kernel_init, bias_init=torch_default_bias_init(fan_in), name=name
+            )(x)
 
         x = dense(x, int(f / 4), "fc1")
         x = dense(x, 64, "fc2")
@@ -66,7 +69,8 @@ class Potentials(nn.Module):
             raise ValueError(
                 f"Potentials(channels={self.channels}, patch_size={self.patch_size}) expect barycenter latents of "
                 f"shape (B, {side}, {side}, {self.channels}), got {tuple(b.shape)}; the potentials are tied to "
-                "the training patch size: build them with the patch size of the crops you train on")
+                "the training patch size: build them with the patch size of the crops you train on"
+            )
         feats = potential_features(self.channels, self.patch_size)
         b = b.astype(jnp.float32)
         outs = [_Head(self.channels, feats, name=f"potential_{k}")(b) for k in range(self.num_potentials)]

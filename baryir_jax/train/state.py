@@ -1,4 +1,5 @@
 """The train state: both players' parameters and optimizer states, the step and the RNG, as one pytree."""
+
 from __future__ import annotations
 
 from typing import Any, NamedTuple
@@ -16,31 +17,42 @@ PyTree = Any
 
 
 class TrainState(NamedTuple):
-    step: jax.Array              # int32 scalar: completed outer iterations
-    rng: jax.Array               # uint32[2] raw PRNG key data (saveable)
-    restorer: PyTree             # BaryNet params
-    potentials: PyTree           # Potentials params: {'potential_0': …}
-    restorer_opt: PyTree         # optax state of the restorer's RMSprop
-    potentials_opt: PyTree       # optax state of the potentials' RMSprop
+    step: jax.Array  # int32 scalar: completed outer iterations
+    rng: jax.Array  # uint32[2] raw PRNG key data (saveable)
+    restorer: PyTree  # BaryNet params
+    potentials: PyTree  # Potentials params: {'potential_0': …}
+    restorer_opt: PyTree  # optax state of the restorer's RMSprop
+    potentials_opt: PyTree  # optax state of the potentials' RMSprop
 
     def game(self) -> GameState:
         return GameState(self.restorer, self.potentials, self.restorer_opt, self.potentials_opt)
 
     def with_game(self, g: GameState, **kw) -> "TrainState":
-        return self._replace(restorer=g.map_params, potentials=g.pot_params, restorer_opt=g.map_opt_state,
-                             potentials_opt=g.pot_opt_state, **kw)
+        return self._replace(
+            restorer=g.map_params,
+            potentials=g.pot_params,
+            restorer_opt=g.map_opt_state,
+            potentials_opt=g.pot_opt_state,
+            **kw,
+        )
 
 
 def barynet_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
     m = config.model
-    kw = dict(dim=int(m.dim), num_blocks=tuple(int(x) for x in m.num_blocks),
-              num_refinement_blocks=int(m.num_refinement_blocks), heads=tuple(int(x) for x in m.heads),
-              ffn_expansion_factor=float(m.ffn_expansion_factor),
-              bary_blocks=None if int(m.bary_blocks) < 0 else int(m.bary_blocks),
-              residual_scale=float(m.residual_scale))
-    if any(kw["dim"] * 2 ** i % h for i, h in enumerate(kw["heads"])):
-        raise ConfigError(f"config.model: every level's width dim·2^i must divide by its heads; got dim {kw['dim']}, "
-                          f"heads {kw['heads']}")
+    kw = dict(
+        dim=int(m.dim),
+        num_blocks=tuple(int(x) for x in m.num_blocks),
+        num_refinement_blocks=int(m.num_refinement_blocks),
+        heads=tuple(int(x) for x in m.heads),
+        ffn_expansion_factor=float(m.ffn_expansion_factor),
+        bary_blocks=None if int(m.bary_blocks) < 0 else int(m.bary_blocks),
+        residual_scale=float(m.residual_scale),
+    )
+    if any(kw["dim"] * 2**i % h for i, h in enumerate(kw["heads"])):
+        raise ConfigError(
+            f"config.model: every level's width dim·2^i must divide by its heads; got dim {kw['dim']}, "
+            f"heads {kw['heads']}"
+        )
     return kw
 
 
@@ -52,8 +64,9 @@ def compute_dtype(config) -> Any:
 
 def build_models(config, num_potentials: int) -> tuple[BaryNet, Potentials]:
     barynet = BaryNet(**barynet_kwargs(config), dtype=compute_dtype(config))
-    potentials = Potentials(num_potentials=num_potentials, channels=8 * int(config.model.dim),
-                            patch_size=int(config.data.patch_size))
+    potentials = Potentials(
+        num_potentials=num_potentials, channels=8 * int(config.model.dim), patch_size=int(config.data.patch_size)
+    )
     return barynet, potentials
 
 
@@ -79,24 +92,35 @@ def make_optimizers(config, steps_per_epoch: int, potential_updates_per_step: in
     o = config.optim
 
     def tx(base, per_step):
-        return optax.rmsprop(lr_schedule(config, steps_per_epoch, per_step, base), decay=float(o.rmsprop_decay),
-                             eps=float(o.eps), eps_in_sqrt=False)
+        return optax.rmsprop(
+            lr_schedule(config, steps_per_epoch, per_step, base),
+            decay=float(o.rmsprop_decay),
+            eps=float(o.eps),
+            eps_in_sqrt=False,
+        )
 
     return tx(o.lr, 1), tx(o.potentials_lr, potential_updates_per_step)
 
 
-def init_state(config, barynet: BaryNet, potentials: Potentials, restorer_tx, potentials_tx,
-               restorer_params=None) -> TrainState:
+def init_state(
+    config, barynet: BaryNet, potentials: Potentials, restorer_tx, potentials_tx, restorer_params=None
+) -> TrainState:
     rng = jax.random.PRNGKey(int(config.seed))
     rng, k_model, k_pot = jax.random.split(rng, 3)
     p = int(config.data.patch_size)
     # Initialised under jit (one compilation, not one per op: eager init of the full model took 93 s on a GPU)
     # and, for the restorer, on a 16x16 input: its parameter shapes do not depend on the image size.
     if restorer_params is None:
-        restorer_params = jax.jit(lambda k: barynet.init(k, jnp.zeros((1, 16, 16, 3), jnp.float32))["params"])(
-            k_model)
+        restorer_params = jax.jit(lambda k: barynet.init(k, jnp.zeros((1, 16, 16, 3), jnp.float32))["params"])(k_model)
     side = p // 8
-    pot_params = jax.jit(lambda k: potentials.init(
-        k, jnp.zeros((1, side, side, potentials.channels), jnp.float32))["params"])(k_pot)
-    return TrainState(jnp.zeros((), jnp.int32), rng, restorer_params, pot_params, restorer_tx.init(restorer_params),
-                      potentials_tx.init(pot_params))
+    pot_params = jax.jit(
+        lambda k: potentials.init(k, jnp.zeros((1, side, side, potentials.channels), jnp.float32))["params"]
+    )(k_pot)
+    return TrainState(
+        jnp.zeros((), jnp.int32),
+        rng,
+        restorer_params,
+        pot_params,
+        restorer_tx.init(restorer_params),
+        potentials_tx.init(pot_params),
+    )

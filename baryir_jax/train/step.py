@@ -17,6 +17,7 @@ Gradient accumulation (``grad_accum_steps = A``) splits the batch into A micro-b
 averaged under ``jax.checkpoint`` (activation memory of one micro-batch); the contrastive and orthogonality
 terms are then computed within each micro-batch.
 """
+
 from __future__ import annotations
 
 from typing import Any
@@ -50,13 +51,20 @@ def restorer_terms(out, clean, ids, k, values, lam, *, tau: float, gamma: float)
     same = ids[:, None] == ids[None, :]
     con = jax.nn.logsumexp(sim, axis=-1) - jax.nn.logsumexp(jnp.where(same, sim, -jnp.inf), axis=-1)
     transport = game.map_objective(dist, values, k, lam, extra=gamma * (ort + con))
-    aux = dict(l1=l1, transport_cost=jnp.mean(dist), potential_mean=jnp.mean(game.select(values, k)),
-               contrastive=jnp.mean(con), orthogonality=jnp.mean(ort), map_objective=transport)
+    aux = dict(
+        l1=l1,
+        transport_cost=jnp.mean(dist),
+        potential_mean=jnp.mean(game.select(values, k)),
+        contrastive=jnp.mean(con),
+        orthogonality=jnp.mean(ort),
+        map_objective=transport,
+    )
     return l1, transport, aux
 
 
-def make_train_step(config, barynet: BaryNet, potentials: Potentials, index: PotentialIndex, lam: np.ndarray,
-                    restorer_tx, potentials_tx):
+def make_train_step(
+    config, barynet: BaryNet, potentials: Potentials, index: PotentialIndex, lam: np.ndarray, restorer_tx, potentials_tx
+):
     """``train_step(state, batch) -> (state, metrics)``, not yet jitted (see :func:`jit_train_step`)."""
     lc = config.loss
     accum = int(config.train.grad_accum_steps)
@@ -101,16 +109,29 @@ def make_train_step(config, barynet: BaryNet, potentials: Potentials, index: Pot
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict[str, Any]]:
         if batch["degraded"].shape[0] % accum:
-            raise ValueError(f"the global batch {batch['degraded'].shape[0]} does not divide into "
-                             f"grad_accum_steps={accum} micro-batches")
-        game_batch = batch if inner == 1 else jax.tree.map(
-            lambda a: jnp.broadcast_to(a, (inner,) + a.shape), batch)  # reuse the batch for every inner step
+            raise ValueError(
+                f"the global batch {batch['degraded'].shape[0]} does not divide into "
+                f"grad_accum_steps={accum} micro-batches"
+            )
+        game_batch = (
+            batch if inner == 1 else jax.tree.map(lambda a: jnp.broadcast_to(a, (inner,) + a.shape), batch)
+        )  # reuse the batch for every inner step
         new_game, metrics = game.game_step(
-            state.game(), game_batch, lam, map_loss_fn=restorer_loss, pushforward_fn=pushforward,
-            potential_apply=potential_apply, map_tx=restorer_tx, pot_tx=potentials_tx, congruence=congruence,
-            kappa=float(lc.kappa), penalty_points=str(lc.penalty_points), inner_map_steps=inner,
+            state.game(),
+            game_batch,
+            lam,
+            map_loss_fn=restorer_loss,
+            pushforward_fn=pushforward,
+            potential_apply=potential_apply,
+            map_tx=restorer_tx,
+            pot_tx=potentials_tx,
+            congruence=congruence,
+            kappa=float(lc.kappa),
+            penalty_points=str(lc.penalty_points),
+            inner_map_steps=inner,
             potential_update=str(lc.potential_update),
-            skip_absent_potentials=bool(lc.skip_absent_potentials) and congruence in ("penalty", "none"))
+            skip_absent_potentials=bool(lc.skip_absent_potentials) and congruence in ("penalty", "none"),
+        )
         metrics["finite"] = jnp.isfinite(metrics["restorer_loss"]) & jnp.isfinite(metrics["potential_objective"])
         new_state = state.with_game(new_game, step=state.step + 1, rng=jax.random.split(state.rng)[0])
         return new_state, metrics
@@ -122,8 +143,13 @@ def jit_train_step(train_step, mesh, state_example: TrainState):
     """jit over the mesh: parameters and optimizer states replicated, the batch split on the 'data' axis,
     the state donated."""
     from jax.sharding import NamedSharding, PartitionSpec as P
+
     replicated = NamedSharding(mesh, P())
     state_sharding = jax.tree.map(lambda _: replicated, state_example)
     batch_sharding = NamedSharding(mesh, P("data"))
-    return jax.jit(train_step, in_shardings=(state_sharding, batch_sharding),
-                   out_shardings=(state_sharding, replicated), donate_argnums=(0,)), state_sharding
+    return jax.jit(
+        train_step,
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(0,),
+    ), state_sharding

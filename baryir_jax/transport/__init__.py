@@ -7,6 +7,7 @@
 * `gaussian`: closed-form barycenters (Gaussian fixed point, 1-D quantiles), L2-UVP, BW2-UVP.
 * `toy`: ``python -m baryir_jax.transport.toy``, the ground-truth check as a command.
 """
+
 from baryir_jax.transport import congruence, costs, game, gaussian
 
 __all__ = ["congruence", "costs", "game", "gaussian"]

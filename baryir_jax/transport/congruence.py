@@ -15,6 +15,7 @@ Congruence modes (`MODES`):
 
 With K = 1 the only congruent potential is f ≡ 0, which both exact modes return.
 """
+
 from __future__ import annotations
 
 from typing import Iterable, Mapping, Sequence
@@ -77,8 +78,7 @@ class PotentialIndex:
       host batches with ``index.check(ids)`` before they enter jit.
     """
 
-    def __init__(self, degradation_ids_present: Iterable[int],
-                 groups: Sequence[Sequence[int]] = BARYIR_GROUPS):
+    def __init__(self, degradation_ids_present: Iterable[int], groups: Sequence[Sequence[int]] = BARYIR_GROUPS):
         present = sorted({int(i) for i in degradation_ids_present})
         if not present:
             raise ValueError("PotentialIndex needs at least one degradation id")
@@ -96,7 +96,8 @@ class PotentialIndex:
         self.num_potentials: int = len(keys)
         self.potential_of_id: dict[int, int] = {i: keys.index(group_of.get(i, i)) for i in present}
         self.ids_of_potential: list[list[int]] = [
-            [i for i in present if self.potential_of_id[i] == k] for k in range(self.num_potentials)]
+            [i for i in present if self.potential_of_id[i] == k] for k in range(self.num_potentials)
+        ]
         table = np.full(present[-1] + 1, -1, dtype=np.int32)
         for i, k in self.potential_of_id.items():
             table[i] = k
@@ -170,8 +171,7 @@ def weighted_sum(values: jax.Array, lam: jax.Array) -> jax.Array:
     return jnp.sum(values * jnp.asarray(lam, dtype=values.dtype), axis=-1)
 
 
-def penalty(values_at_points: jax.Array, lam: jax.Array, kappa: float = 10.0,
-            points: str = "last") -> jax.Array:
+def penalty(values_at_points: jax.Array, lam: jax.Array, kappa: float = 10.0, points: str = "last") -> jax.Array:
     """Soft congruence penalty κ·(Σ_k λ_k f_k(y))².
 
     ``points='last'``: at the last point only (official BaryIR, the last sample of the batch);
@@ -181,7 +181,7 @@ def penalty(values_at_points: jax.Array, lam: jax.Array, kappa: float = 10.0,
     if points == "last":
         return kappa * s[-1] ** 2
     if points == "batch":
-        return kappa * jnp.mean(s ** 2)
+        return kappa * jnp.mean(s**2)
     raise ValueError(f"unknown penalty points {points!r}; known: {PENALTY_POINTS}")
 
 

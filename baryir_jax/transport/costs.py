@@ -7,6 +7,7 @@ Both costs reduce over every axis but the first (the batch axis), so they work o
 * `half_sq_cost`: the quadratic cost 1/2 ||x - y||^2 (NOTB's `strong_cost`, summed over dimensions), for
     which the max-min game yields the W2 barycenter and the closed forms of `gaussian.py` apply.
 """
+
 from __future__ import annotations
 
 from typing import Callable

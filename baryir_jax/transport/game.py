@@ -19,6 +19,7 @@ Conventions:
 `game_step` does ``inner_map_steps`` map updates (``lax.scan``), a fresh forward of the updated map, and the
 potential update(s), with two Optax optimizers on two separate pytrees.
 """
+
 from __future__ import annotations
 
 import functools
@@ -40,14 +41,16 @@ POTENTIAL_UPDATES = ("two_step", "summed")
 
 class GameState(NamedTuple):
     """Both players' parameters and optimizer states (plain pytrees)."""
+
     map_params: PyTree
     pot_params: PyTree
     map_opt_state: PyTree
     pot_opt_state: PyTree
 
 
-def init_state(map_params: PyTree, pot_params: PyTree, map_tx: optax.GradientTransformation,
-               pot_tx: optax.GradientTransformation) -> GameState:
+def init_state(
+    map_params: PyTree, pot_params: PyTree, map_tx: optax.GradientTransformation, pot_tx: optax.GradientTransformation
+) -> GameState:
     return GameState(map_params, pot_params, map_tx.init(map_params), pot_tx.init(pot_params))
 
 
@@ -56,6 +59,7 @@ def potential_keys(num_potentials: int) -> list[str]:
 
 
 # ----------------------------------------------------------------------------------------------- objectives
+
 
 def _onehot(source_index: jax.Array, k: int, dtype) -> jax.Array:
     return jax.nn.one_hot(jnp.asarray(source_index), k, dtype=dtype)  # index −1 → zero row
@@ -73,8 +77,13 @@ def sample_weights(source_index: jax.Array, lam: jax.Array, dtype=jnp.float32) -
     return _onehot(source_index, lam.shape[0], dtype) @ lam
 
 
-def map_objective(cost: jax.Array, potential_values: jax.Array, source_index: jax.Array, lam: jax.Array,
-                  extra: jax.Array | None = None) -> jax.Array:
+def map_objective(
+    cost: jax.Array,
+    potential_values: jax.Array,
+    source_index: jax.Array,
+    lam: jax.Array,
+    extra: jax.Array | None = None,
+) -> jax.Array:
     """mean_i λ_{k(i)}·(cost_i + extra_i − f_{k(i)}(y_i)); minimised by the map player.
 
     ``extra`` (N,) holds additional per-sample cost terms that share the weight λ_{k(i)} (BaryIR's
@@ -104,8 +113,9 @@ def _check_values(values, source_index, lam):
         raise ValueError(f"lam has shape {jnp.shape(lam)}, values have K={values.shape[1]}")
 
 
-def potential_values(potential_apply: PotentialApply, pot_params: PyTree, y: jax.Array, lam: jax.Array,
-                     congruence: str) -> jax.Array:
+def potential_values(
+    potential_apply: PotentialApply, pot_params: PyTree, y: jax.Array, lam: jax.Array, congruence: str
+) -> jax.Array:
     """f values (N, K) at y: the raw ``potential_apply`` output passed through `congruence.apply_congruence`.
 
     A ``map_loss_fn`` must use this (with the same congruence mode) so that both players see the same f.
@@ -135,8 +145,10 @@ def keep_absent_potentials(new: PyTree, old: PyTree, present: jax.Array, num_pot
     def sel(n, o):
         if not is_pot_dict(n):
             return n
-        out = {name: jax.tree.map(lambda a, b, k=k: jnp.where(present[k], a, b), n[name], o[name])
-               for k, name in enumerate(keys)}
+        out = {
+            name: jax.tree.map(lambda a, b, k=k: jnp.where(present[k], a, b), n[name], o[name])
+            for k, name in enumerate(keys)
+        }
         return out if type(n) is dict else type(n)(out)
 
     return jax.tree.map(sel, new, old, is_leaf=is_pot_dict)
@@ -144,18 +156,24 @@ def keep_absent_potentials(new: PyTree, old: PyTree, present: jax.Array, num_pot
 
 # ------------------------------------------------------------------------------------------------- the step
 
-def game_step(state: GameState, batch: PyTree, lam: jax.Array, *,
-              map_loss_fn: MapLossFn,
-              pushforward_fn: PushforwardFn,
-              potential_apply: PotentialApply,
-              map_tx: optax.GradientTransformation,
-              pot_tx: optax.GradientTransformation,
-              congruence: str = "penalty",
-              kappa: float = 10.0,
-              penalty_points: str = "last",
-              inner_map_steps: int = 1,
-              potential_update: str = "two_step",
-              skip_absent_potentials: bool = False) -> tuple[GameState, dict[str, jax.Array]]:
+
+def game_step(
+    state: GameState,
+    batch: PyTree,
+    lam: jax.Array,
+    *,
+    map_loss_fn: MapLossFn,
+    pushforward_fn: PushforwardFn,
+    potential_apply: PotentialApply,
+    map_tx: optax.GradientTransformation,
+    pot_tx: optax.GradientTransformation,
+    congruence: str = "penalty",
+    kappa: float = 10.0,
+    penalty_points: str = "last",
+    inner_map_steps: int = 1,
+    potential_update: str = "two_step",
+    skip_absent_potentials: bool = False,
+) -> tuple[GameState, dict[str, jax.Array]]:
     """One outer iteration of the game: map update(s), fresh forward, potential update(s). Pure and jit-able.
 
     Args:
@@ -202,8 +220,10 @@ def game_step(state: GameState, batch: PyTree, lam: jax.Array, *,
     if int(inner_map_steps) < 1:
         raise ValueError(f"inner_map_steps must be >= 1, got {inner_map_steps}")
     if skip_absent_potentials and congruence in cg.EXACT_MODES:
-        raise ValueError("skip_absent_potentials needs congruence 'penalty' or 'none': with the exact "
-                         "parametrisations every f_k depends on all potentials' parameters")
+        raise ValueError(
+            "skip_absent_potentials needs congruence 'penalty' or 'none': with the exact "
+            "parametrisations every f_k depends on all potentials' parameters"
+        )
     lam = jnp.asarray(lam, dtype=jnp.float32)
     num_k = lam.shape[0]
 
@@ -224,8 +244,10 @@ def game_step(state: GameState, batch: PyTree, lam: jax.Array, *,
     else:
         for leaf in jax.tree.leaves(batch):
             if jnp.ndim(leaf) < 1 or jnp.shape(leaf)[0] != inner_map_steps:
-                raise ValueError(f"with inner_map_steps={inner_map_steps} every batch leaf needs a leading axis "
-                                 f"of that length, got a leaf of shape {jnp.shape(leaf)}")
+                raise ValueError(
+                    f"with inner_map_steps={inner_map_steps} every batch leaf needs a leading axis "
+                    f"of that length, got a leaf of shape {jnp.shape(leaf)}"
+                )
         (map_params, map_opt_state), (map_losses, aux) = jax.lax.scan(map_update, carry, batch)
         aux = jax.tree.map(lambda a: a[-1], aux)
         last_batch = jax.tree.map(lambda a: a[-1], batch)
@@ -259,8 +281,7 @@ def game_step(state: GameState, batch: PyTree, lam: jax.Array, *,
     def masked(new_p, new_s):
         if not skip_absent_potentials:
             return new_p, new_s
-        return (keep_absent_potentials(new_p, pp, present, num_k),
-                keep_absent_potentials(new_s, ps, present, num_k))
+        return (keep_absent_potentials(new_p, pp, present, num_k), keep_absent_potentials(new_s, ps, present, num_k))
 
     if potential_update == "two_step" or not use_penalty:
         (pot_obj, v0), grads = jax.value_and_grad(objective, has_aux=True)(pp)

@@ -10,6 +10,7 @@ barycenter cost is B* = Σ_k λ_k OT_c(P_k, Q*) = ½ Σ_k λ_k W2²(P_k, Q*).
 * L2-UVP(T̂_k) = 100·E_{x~P_k}‖T̂_k(x) − T*_k(x)‖² / Var(Q*), Var = tr Σ̄;
   BW2-UVP = 100·W2²(N(μ̂, Σ̂), Q*) / Var(Q*) with μ̂, Σ̂ the sample moments of T̂_k#P_k.
 """
+
 from __future__ import annotations
 
 from typing import Callable, Sequence
@@ -39,16 +40,23 @@ def _check_gaussians(means, covs, weights):
     covs = np.asarray(covs, dtype=np.float64)
     w = np.asarray(weights, dtype=np.float64)
     if means.ndim != 2 or covs.shape != means.shape + (means.shape[1],) or w.shape != means.shape[:1]:
-        raise ValueError(f"expected means (K, D), covs (K, D, D), weights (K,); got {means.shape}, "
-                         f"{covs.shape}, {w.shape}")
+        raise ValueError(
+            f"expected means (K, D), covs (K, D, D), weights (K,); got {means.shape}, {covs.shape}, {w.shape}"
+        )
     if np.any(w < 0) or not np.isclose(w.sum(), 1.0, atol=1e-12):
         raise ValueError(f"weights must be non-negative and sum to 1, got {w.tolist()}")
     return means, covs, w
 
 
-def barycenter_covariance(covs: np.ndarray, weights: np.ndarray, *, tol: float = 1e-13,
-                          max_iter: int = 10_000, init: np.ndarray | None = None,
-                          return_info: bool = False):
+def barycenter_covariance(
+    covs: np.ndarray,
+    weights: np.ndarray,
+    *,
+    tol: float = 1e-13,
+    max_iter: int = 10_000,
+    init: np.ndarray | None = None,
+    return_info: bool = False,
+):
     """Σ̄ by the fixed point S ← S^{-½}(Σ_k λ_k (S^½ Σ_k S^½)^½)² S^{-½}, from S_0 = I (or ``init``).
 
     Stops when the relative change ‖S_{n+1} − S_n‖_F / ‖S_n‖_F < tol. With ``return_info`` also returns
@@ -115,6 +123,7 @@ def barycenter_cost(means, covs, weights, mean_bar=None, cov_bar=None) -> float:
 
 # ---------------------------------------------------------------------------------------------------- 1-D
 
+
 def quantile_barycenter(quantile_fns: Sequence[Callable], weights) -> Callable:
     """Quantile function of the 1-D barycenter: t ↦ Σ_k λ_k F_k^{-1}(t)."""
     w = np.asarray(weights, np.float64)
@@ -148,6 +157,7 @@ def barycenter_maps_1d(samples: Sequence[np.ndarray], weights) -> list[np.ndarra
 
 # ------------------------------------------------------------------------------------------------ metrics
 
+
 def l2_uvp(mapped, optimal, var_bar: float) -> float:
     """100·mean‖T̂(x) − T*(x)‖² / Var(Q*) for matched batches (n, D) of the learned and the optimal map."""
     d = np.asarray(mapped, np.float64) - np.asarray(optimal, np.float64)
@@ -165,14 +175,14 @@ def bw2_uvp(samples, mean_bar, cov_bar) -> float:
 
 # ----------------------------------------------------------------------------------- random covariances
 
+
 def random_rotation(rng: np.random.Generator, dim: int) -> np.ndarray:
     """Haar-distributed orthogonal matrix (QR of a Gaussian matrix with the sign fix)."""
     q, r = np.linalg.qr(rng.standard_normal((dim, dim)))
     return q * np.sign(np.diag(r))
 
 
-def eigen_warped_covariance(rng: np.random.Generator, dim: int, low: float = 0.5,
-                            high: float = 2.0) -> np.ndarray:
+def eigen_warped_covariance(rng: np.random.Generator, dim: int, low: float = 0.5, high: float = 2.0) -> np.ndarray:
     """Σ = W Wᵀ, W = R·diag(exp(linspace(log low, log high, D))), R a random rotation (NOTB EigenWarp).
 
     The eigenvalues of Σ lie in [low², high²] = [0.25, 4] by default.

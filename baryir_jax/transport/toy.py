@@ -24,6 +24,7 @@ Prints ONE JSON line. Scores are on the final iterate, on ``--eval-samples`` fre
 Non-finite numbers are printed as null (and ``finite`` is false). ``--weights`` must have ``--k`` positive
 entries summing to 1 (±1e-6); other input is refused with a message, not normalised silently.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,12 @@ def mlp_init(key: jax.Array, sizes: Sequence[int]) -> list[dict[str, jax.Array]]
     for fan_in, fan_out in zip(sizes[:-1], sizes[1:]):
         key, kw, kb = jax.random.split(key, 3)
         bound = 1.0 / math.sqrt(fan_in)
-        params.append({"w": jax.random.uniform(kw, (fan_in, fan_out), jnp.float32, -bound, bound),
-                       "b": jax.random.uniform(kb, (fan_out,), jnp.float32, -bound, bound)})
+        params.append(
+            {
+                "w": jax.random.uniform(kw, (fan_in, fan_out), jnp.float32, -bound, bound),
+                "b": jax.random.uniform(kb, (fan_out,), jnp.float32, -bound, bound),
+            }
+        )
     return params
 
 
@@ -88,11 +93,11 @@ def apply_potentials(pot_params: dict, y: jax.Array) -> jax.Array:
 
 # ------------------------------------------------------------------------------------------------ problem
 
+
 class Problem:
     """K sources m_k + Σ_k^½ Z and their exact barycenter N(m̄, Σ̄)."""
 
-    def __init__(self, dim: int, weights: np.ndarray, seed: int, base: str = "gaussian",
-                 mean_scale: float = 0.0):
+    def __init__(self, dim: int, weights: np.ndarray, seed: int, base: str = "gaussian", mean_scale: float = 0.0):
         rng = np.random.default_rng(seed)
         k = len(weights)
         self.dim, self.k, self.base = dim, k, base
@@ -119,6 +124,7 @@ class Problem:
 
 
 # ------------------------------------------------------------------------------------------------ training
+
 
 def _finite(x: Any) -> float | None:
     x = float(x)
@@ -152,9 +158,17 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         return game.map_objective(cost, f, source_index, lam), None
 
     step = game.make_game_step(
-        map_loss_fn=map_loss_fn, pushforward_fn=pushforward_fn, potential_apply=apply_potentials,
-        map_tx=map_tx, pot_tx=pot_tx, congruence=cfg.congruence, kappa=cfg.kappa,
-        penalty_points=cfg.penalty_points, inner_map_steps=steps, potential_update=cfg.potential_update)
+        map_loss_fn=map_loss_fn,
+        pushforward_fn=pushforward_fn,
+        potential_apply=apply_potentials,
+        map_tx=map_tx,
+        pot_tx=pot_tx,
+        congruence=cfg.congruence,
+        kappa=cfg.kappa,
+        penalty_points=cfg.penalty_points,
+        inner_map_steps=steps,
+        potential_update=cfg.potential_update,
+    )
 
     @jax.jit
     def epoch(state, key):
@@ -172,14 +186,12 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         x64, y64, f64 = np.asarray(x, np.float64), np.asarray(y, np.float64), np.asarray(f, np.float64)
         l2 = [gaussian.l2_uvp(y64[i], problem.maps[i](x64[i]), problem.var_bar) for i in range(k)]
         finite_y = bool(np.all(np.isfinite(y64)))
-        bw2 = [gaussian.bw2_uvp(y64[i], problem.mean_bar, problem.cov_bar) if finite_y else math.nan
-               for i in range(k)]
-        f_own = f64.reshape(k, n, k)[np.arange(k), :, np.arange(k)]     # f_k(T_k x_k): (K, n)
-        cost = 0.5 * np.sum((x64 - y64) ** 2, axis=-1)                  # (K, n)
+        bw2 = [gaussian.bw2_uvp(y64[i], problem.mean_bar, problem.cov_bar) if finite_y else math.nan for i in range(k)]
+        f_own = f64.reshape(k, n, k)[np.arange(k), :, np.arange(k)]  # f_k(T_k x_k): (K, n)
+        cost = 0.5 * np.sum((x64 - y64) ** 2, axis=-1)  # (K, n)
         with np.errstate(all="ignore"):
             loss = float(np.sum(weights * np.mean(cost - f_own, axis=-1)))
-            res = (float(np.max(np.abs(f64 @ weights)) / np.max(np.abs(f64)))
-                   if np.all(np.isfinite(f64)) else math.nan)
+            res = float(np.max(np.abs(f64 @ weights)) / np.max(np.abs(f64))) if np.all(np.isfinite(f64)) else math.nan
         return {"l2": l2, "bw2": bw2, "loss": loss, "residual": res}
 
     x_hist = problem.sample(jax.random.fold_in(k_eval, 1), (4096,)) if cfg.eval_every else None
@@ -225,10 +237,20 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
         "bw2_uvp_per_source": [_finite(v) for v in bw2],
         "train_map_loss": _finite(metrics["map_loss"]),
         "train_potential_objective": _finite(metrics["potential_objective"]),
-        "dim": cfg.dim, "k": k, "weights": weights.tolist(), "seed": cfg.seed,
-        "congruence": cfg.congruence, "inner_steps": steps, "batch": b, "lr": cfg.lr,
-        "potential_lr": cfg.potential_lr if cfg.potential_lr else cfg.lr, "hidden": hidden,
-        "layers": cfg.layers, "base": cfg.base, "eval_samples": n, "device": jax.devices()[0].platform,
+        "dim": cfg.dim,
+        "k": k,
+        "weights": weights.tolist(),
+        "seed": cfg.seed,
+        "congruence": cfg.congruence,
+        "inner_steps": steps,
+        "batch": b,
+        "lr": cfg.lr,
+        "potential_lr": cfg.potential_lr if cfg.potential_lr else cfg.lr,
+        "hidden": hidden,
+        "layers": cfg.layers,
+        "base": cfg.base,
+        "eval_samples": n,
+        "device": jax.devices()[0].platform,
     }
     if cfg.eval_every:
         record["history"] = history  # [epoch, weighted L2-UVP, loss] on 4096 samples per source
@@ -237,6 +259,7 @@ def run(cfg: argparse.Namespace) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ CLI
+
 
 def parse_weights(text: str | Sequence[float] | None, k: int) -> np.ndarray:
     """--weights → (K,) float64; uniform when absent. Refuses (ValueError) anything but K positive numbers
@@ -258,8 +281,9 @@ def parse_weights(text: str | Sequence[float] | None, k: int) -> np.ndarray:
     if not np.all(np.isfinite(w)) or np.any(w <= 0):
         raise ValueError(f"--weights must be positive, got {w.tolist()}")
     if abs(w.sum() - 1.0) > 1e-6:
-        raise ValueError(f"--weights must sum to 1, got sum {w.sum():.6g}; e.g. "
-                         f"{','.join(f'{v:.6g}' for v in w / w.sum())}")
+        raise ValueError(
+            f"--weights must sum to 1, got sum {w.sum():.6g}; e.g. {','.join(f'{v:.6g}' for v in w / w.sum())}"
+        )
     return w
 
 
@@ -268,19 +292,20 @@ def build_parser() -> argparse.ArgumentParser:
         prog="python -m baryir_jax.transport.toy",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train the barycenter max-min game on random Gaussians and score it against the closed "
-                    "form. Prints one JSON line.")
+        "form. Prints one JSON line.",
+    )
     p.add_argument("--dim", type=int, required=True, help="dimension D")
     p.add_argument("--k", type=int, required=True, help="number of sources K")
-    p.add_argument("--weights", default=None, help="λ as w1,w2,... (K positive numbers summing to 1; "
-                                                   "default uniform)")
+    p.add_argument("--weights", default=None, help="λ as w1,w2,... (K positive numbers summing to 1; default uniform)")
     p.add_argument("--epochs", type=int, required=True, help="outer iterations (potential updates)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--congruence", choices=cg.MODES, default="exact")
     p.add_argument("--inner-steps", type=int, default=10, help="map updates per potential update")
     p.add_argument("--batch", type=int, default=1000, help="samples per source per step")
     p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate of the maps (and potentials)")
-    p.add_argument("--potential-lr", type=float, default=None, help="Adam learning rate of the potentials "
-                                                                     "(default: --lr)")
+    p.add_argument(
+        "--potential-lr", type=float, default=None, help="Adam learning rate of the potentials (default: --lr)"
+    )
     p.add_argument("--hidden", type=int, default=None, help="MLP width (default max(100, 2D))")
     p.add_argument("--layers", type=int, default=3, help="hidden layers per MLP")
     p.add_argument("--base", choices=("gaussian", "uniform"), default="gaussian")
@@ -289,10 +314,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--penalty-points", choices=cg.PENALTY_POINTS, default="last")
     p.add_argument("--potential-update", choices=game.POTENTIAL_UPDATES, default="two_step")
     p.add_argument("--eval-samples", type=int, default=20000, help="fresh samples per source for the scores")
-    p.add_argument("--eval-every", type=int, default=0,
-                   help="also score every N epochs on 4096 samples per source (JSON 'history'; not timed)")
-    p.add_argument("--time-budget", type=float, default=None,
-                   help="stop training after this many seconds (the record says how many epochs ran)")
+    p.add_argument(
+        "--eval-every",
+        type=int,
+        default=0,
+        help="also score every N epochs on 4096 samples per source (JSON 'history'; not timed)",
+    )
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=None,
+        help="stop training after this many seconds (the record says how many epochs ran)",
+    )
     return p
 
 

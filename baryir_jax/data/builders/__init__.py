@@ -1,15 +1,45 @@
 """TFDS builders (array_record, no TensorFlow) for the benchmark data sets, `embedded` and `paired_folder`."""
+
 from __future__ import annotations
 
 from baryir_jax.data.builders.base import RestorationBuilder
-from baryir_jax.data.builders.benchmark import (BENCHMARK_BUILDERS, Cbsd68, DenoiseTrain, Gopro, LolV1, Rain100L,
-                                                ResideOts, SotsOutdoor)
+from baryir_jax.data.builders.benchmark import (
+    BENCHMARK_BUILDERS,
+    Cbsd68,
+    DenoiseTrain,
+    Gopro,
+    LolV1,
+    Rain100L,
+    ResideOts,
+    SotsOutdoor,
+)
 from baryir_jax.data.builders.embedded import Embedded
 from baryir_jax.data.builders.paired_folder import PairedFolder
 
 BUILDERS = {**BENCHMARK_BUILDERS, Embedded.name: Embedded, PairedFolder.name: PairedFolder}
-DATASET_NAMES = ("denoise_train", "rain100l", "reside_ots", "sots_outdoor", "gopro", "lol_v1", "cbsd68",
-                 "embedded", "paired_folder")
+DATASET_NAMES = (
+    "denoise_train",
+    "rain100l",
+    "reside_ots",
+    "sots_outdoor",
+    "gopro",
+    "lol_v1",
+    "cbsd68",
+    "embedded",
+    "paired_folder",
+)
 
-__all__ = ["BUILDERS", "DATASET_NAMES", "Cbsd68", "DenoiseTrain", "Embedded", "Gopro", "LolV1", "PairedFolder",
-           "Rain100L", "ResideOts", "RestorationBuilder", "SotsOutdoor"]
+__all__ = [
+    "BUILDERS",
+    "DATASET_NAMES",
+    "Cbsd68",
+    "DenoiseTrain",
+    "Embedded",
+    "Gopro",
+    "LolV1",
+    "PairedFolder",
+    "Rain100L",
+    "ResideOts",
+    "RestorationBuilder",
+    "SotsOutdoor",
+]

@@ -7,6 +7,7 @@ A build runs in two phases: `scan(manual_dir)` finds the files and raises `DataE
 before anything is written; generation then decodes every file, converts or leaves out the bad ones (each
 counted in `self.report`) and never stops halfway.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,14 +54,19 @@ class RestorationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         if self.PAIRED:
             feats["degraded"] = tfds.features.Image(shape=(None, None, 3), dtype=np.uint8)
         return tfds.core.DatasetInfo(
-            builder=self, description=self.DESCRIPTION, features=tfds.features.FeaturesDict(feats),
-            homepage=self.HOMEPAGE or None, citation=self.CITATION or None)
+            builder=self,
+            description=self.DESCRIPTION,
+            features=tfds.features.FeaturesDict(feats),
+            homepage=self.HOMEPAGE or None,
+            citation=self.CITATION or None,
+        )
 
     def _split_generators(self, dl_manager):
         if self._plan is None:
             self.scan(dl_manager.manual_dir if self.NEEDS_MANUAL_DIR else None)
-        return {split: self._generate_examples(split=split, items=items)
-                for split, items in self._plan.items() if items}
+        return {
+            split: self._generate_examples(split=split, items=items) for split, items in self._plan.items() if items
+        }
 
     def _generate_examples(self, split: str, items: list) -> Iterator[tuple[str, dict]]:
         for item in tqdm(items, desc=f"{self.name} {split}", unit="img", disable=not self.progress, leave=False):
@@ -88,8 +94,9 @@ class RestorationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
             if not v:
                 self.report.warn(f"{s}: no usable examples found; the split is not written.")
         if not any(plan.values()):
-            raise DataError(f"{self.name}: no usable examples in {manual_dir}; nothing would be written.\n"
-                            + self.report.render())
+            raise DataError(
+                f"{self.name}: no usable examples in {manual_dir}; nothing would be written.\n" + self.report.render()
+            )
         self._plan = plan
         return plan
 
@@ -126,18 +133,23 @@ class RestorationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         if deg is None or clean is None:
             return None
         if (deg.height, deg.width) != (clean.height, clean.width):
-            self.report.add("refused", split, item.degraded,
-                            f"size {deg.width}x{deg.height} differs from its clean image "
-                            f"{os.path.basename(item.clean)} "
-                            f"({clean.width}x{clean.height}); pairs must be pixel-aligned (pair left out)")
+            self.report.add(
+                "refused",
+                split,
+                item.degraded,
+                f"size {deg.width}x{deg.height} differs from its clean image "
+                f"{os.path.basename(item.clean)} "
+                f"({clean.width}x{clean.height}); pairs must be pixel-aligned (pair left out)",
+            )
             return None
         self._stored(split, (item.degraded, deg), (item.clean, clean))
         return {"degraded": deg.encoded, "clean": clean.encoded, "name": item.name, "clean_name": item.clean_name}
 
     def finish_report(self) -> Report:
         if self._small:
-            self.report.note(f"{self._small} image(s) are smaller than {SMALL_SIDE} px in a side; the training "
-                             "pipeline pads them symmetrically to the patch size")
+            self.report.note(
+                f"{self._small} image(s) are smaller than {SMALL_SIDE} px in a side; the training "
+                "pipeline pads them symmetrically to the patch size"
+            )
         self.report.finish()
         return self.report
-

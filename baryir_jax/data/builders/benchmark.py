@@ -12,6 +12,7 @@
 | lol_v1 | Train/lowlight/{low,high}/; test/lowlight/eval15/{low,high}/ | train 485, eval15 15 |
 | cbsd68 | test/denoise/cbsd68/ (colour; also bsd68/ if colour) | sigma15, sigma25, sigma50: 68 each |
 """
+
 from __future__ import annotations
 
 import os
@@ -27,8 +28,10 @@ class DenoiseTrain(RestorationBuilder):
     name = "denoise_train"
     PAIRED = False
     EXPECTED = {"train": layouts.BSD400_COUNT + layouts.WED_COUNT}
-    DESCRIPTION = ("Clean training images for denoising: BSD400 (400 colour jpg) + Waterloo Exploration (4,744 "
-                   "bmp), named as in the official index. Noise is added on the fly in training.")
+    DESCRIPTION = (
+        "Clean training images for denoising: BSD400 (400 colour jpg) + Waterloo Exploration (4,744 "
+        "bmp), named as in the official index. Noise is added on the fly in training."
+    )
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     Put the BSD400 and WED images in <manual_dir>/Train/Denoise/ (flat, as the official loader expects;
     subfolders are accepted here). BSD400 files may be named a247012.jpg (official index) or 247012.jpg
@@ -55,8 +58,10 @@ class Rain100L(RestorationBuilder):
 class ResideOts(RestorationBuilder):
     name = "reside_ots"
     EXPECTED = {"train": layouts.OTS_COUNT}
-    DESCRIPTION = ("RESIDE OTS (outdoor training set): 72,135 hazy images of 2,061 scenes (7 beta x 5 A each), "
-                   "each paired with its clear image. The clear image is stored with every hazy version.")
+    DESCRIPTION = (
+        "RESIDE OTS (outdoor training set): 72,135 hazy images of 2,061 scenes (7 beta x 5 A each), "
+        "each paired with its clear image. The clear image is stored with every hazy version."
+    )
     MANUAL_DOWNLOAD_INSTRUCTIONS = """
     <manual_dir>/Train/Dehaze/synthetic/part1..part4/XXXX_beta_A.jpg (hazy) and
     <manual_dir>/Train/Dehaze/original/XXXX.jpg (clear), as the official hazy_outside index lists them.
@@ -114,9 +119,11 @@ class Cbsd68(RestorationBuilder):
 
     name = "cbsd68"
     EXPECTED = {f"sigma{s}": layouts.CBSD68_COUNT for s in CBSD68_SIGMAS}
-    DESCRIPTION = ("Colour BSD68 (CBSD68) with frozen noisy inputs at sigma 15/25/50: noise = clip(clean + "
-                   "N(0,1)*sigma, 0, 255) cast to uint8 (truncating), N from numpy PCG64 seeded by "
-                   'sha256("<stem>|sigma=<sigma>"). A checksum manifest is written next to the data.')
+    DESCRIPTION = (
+        "Colour BSD68 (CBSD68) with frozen noisy inputs at sigma 15/25/50: noise = clip(clean + "
+        "N(0,1)*sigma, 0, 255) cast to uint8 (truncating), N from numpy PCG64 seeded by "
+        'sha256("<stem>|sigma=<sigma>"). A checksum manifest is written next to the data.'
+    )
     MANUAL_DOWNLOAD_INSTRUCTIONS = f"""
     <manual_dir>/test/denoise/cbsd68/ with the 68 clean colour images. {layouts.GET_CBSD68}
     """
@@ -139,14 +146,20 @@ class Cbsd68(RestorationBuilder):
             raise DataError(
                 f"cbsd68: {len(gray)} of {len(items)} images in {folder} are grayscale. This is the grayscale BSD68 "
                 f"(e.g. the DnCNN testsets/BSD68 folder the official README links), not the colour CBSD68 the "
-                f"all-in-one benchmarks evaluate on. {layouts.GET_CBSD68}")
+                f"all-in-one benchmarks evaluate on. {layouts.GET_CBSD68}"
+            )
         for it in gray:
-            report.add("refused", "all", it.clean, "grayscale image in a colour set: CBSD68 images are colour; "
-                       "replace it with the colour original (left out)")
+            report.add(
+                "refused",
+                "all",
+                it.clean,
+                "grayscale image in a colour set: CBSD68 images are colour; "
+                "replace it with the colour original (left out)",
+            )
         return {f"sigma{s}": list(usable) for s in CBSD68_SIGMAS}
 
     def _make_example(self, split, item):
-        sigma = int(split[len("sigma"):])
+        sigma = int(split[len("sigma") :])
         clean = self._load(split, item.clean)
         if clean is None:
             return None

@@ -18,6 +18,7 @@ Splits (all paired: `degraded`, `clean`):
 * `test_derain`, `test_dehaze`, `test_deblur`, `test_lowlight`: one variant per test photo;
 * `test_jpeg_q20`: JPEG at quality 20, an unseen degradation for the generalisation demo.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -40,8 +41,14 @@ TRAIN_PHOTOS = {  # name -> file in skimage/data
     "motorcycle_right": "motorcycle_right.png",
 }
 TEST_PHOTOS = {"chelsea": "chelsea.png", "coffee": "coffee.png"}
-GRAY_PHOTOS = {"camera": "camera.png", "moon": "moon.png", "coins": "coins.png", "brick": "brick.png",
-               "grass": "grass.png", "gravel": "gravel.png"}
+GRAY_PHOTOS = {
+    "camera": "camera.png",
+    "moon": "moon.png",
+    "coins": "coins.png",
+    "brick": "brick.png",
+    "grass": "grass.png",
+    "gravel": "gravel.png",
+}
 MAX_SIDE = 256
 TRAIN_VARIANTS = 2
 JPEG_QUALITY = 20
@@ -51,6 +58,7 @@ NOISE_TASKS = ("denoise_15", "denoise_25", "denoise_50")
 
 def skimage_data_dir() -> str:
     import skimage  # the installed package; its data/ folder holds the bundled images
+
     return os.path.join(os.path.dirname(skimage.__file__), "data")
 
 
@@ -85,26 +93,34 @@ class Embedded(RestorationBuilder):
             try:
                 img = load_image_file(path)
             except ImageProblem as e:
-                report.add(e.kind, "all", f"skimage/data/{fn}",
-                           e.message + " (this scikit-image install lacks it; left out)")
+                report.add(
+                    e.kind, "all", f"skimage/data/{fn}", e.message + " (this scikit-image install lacks it; left out)"
+                )
                 continue
             if img.single_channel:
-                report.add("skipped", "all", f"skimage/data/{fn}", "grayscale photograph: the embedded set uses colour "
-                           "photographs only")
+                report.add(
+                    "skipped",
+                    "all",
+                    f"skimage/data/{fn}",
+                    "grayscale photograph: the embedded set uses colour photographs only",
+                )
                 continue
             self._photos[photo] = _resize(img.decode())
         train = [p for p in TRAIN_PHOTOS if p in self._photos]
         test = [p for p in TEST_PHOTOS if p in self._photos]
         plan = {"train_clean": [_Synth(p, p, "clean", 0, False) for p in train]}
         for task in SYNTH_TASKS:
-            plan[f"train_{task}"] = [_Synth(f"{p}_v{v}", p, task, v, False)
-                                     for p in train for v in range(TRAIN_VARIANTS)]
+            plan[f"train_{task}"] = [
+                _Synth(f"{p}_v{v}", p, task, v, False) for p in train for v in range(TRAIN_VARIANTS)
+            ]
         for task in NOISE_TASKS + SYNTH_TASKS:
             plan[f"test_{task}"] = [_Synth(p, p, task, 0, True) for p in test]
         plan[f"test_jpeg_q{JPEG_QUALITY}"] = [_Synth(p, p, "jpeg", 0, True) for p in test]
         self.EXPECTED = {s: len(v) for s, v in plan.items()}
-        report.note(f"{len(train)} train and {len(test)} test photographs from scikit-image, longer side "
-                    f"{MAX_SIDE} px; no network used")
+        report.note(
+            f"{len(train)} train and {len(test)} test photographs from scikit-image, longer side "
+            f"{MAX_SIDE} px; no network used"
+        )
         return plan
 
     def _make_example(self, split, item: _Synth):
@@ -117,8 +133,9 @@ class Embedded(RestorationBuilder):
             degraded = degradations.frozen_noisy(clean, item.photo, degradations.NOISE_SIGMAS[item.task])
         else:
             tag = "embedded-test" if item.test else "embedded"
-            degraded = degradations.synthesize(item.task, clean, degradations.seed_for(tag, item.photo, item.task,
-                                                                                        item.variant))
+            degraded = degradations.synthesize(
+                item.task, clean, degradations.seed_for(tag, item.photo, item.task, item.variant)
+            )
         clean_png = encode_png(clean)
         deg_png = clean_png if degraded is clean else encode_png(degraded)
         return {"degraded": deg_png, "clean": clean_png, "name": f"{item.key}.png", "clean_name": f"{item.photo}.png"}

@@ -6,6 +6,7 @@ README writes `Test/` and `low_light/`, its code reads `test/` and `lowlight/`).
 returns `{split: [Item, ...]}`, records every file it does not use in the `Report` (never a silent drop),
 and raises `DataError` when a required folder is missing.
 """
+
 from __future__ import annotations
 
 import collections
@@ -24,6 +25,7 @@ IGNORED_FILES = {"thumbs.db", "desktop.ini"}
 @dataclasses.dataclass(frozen=True)
 class Item:
     """One example to write: a clean image and, for paired data, its degraded partner."""
+
     key: str  # unique within its split
     name: str  # the degraded file's path relative to its folder (clean file for clean-only data)
     clean: str  # absolute path
@@ -37,11 +39,16 @@ class Item:
 def resolve_root(manual_dir: str | os.PathLike) -> Path:
     root = Path(manual_dir).expanduser()
     if not root.is_dir():
-        raise DataError(f"manual_dir {root} does not exist or is not a folder. Pass the folder that holds the "
-                        'official layout (the official repository\'s `data/` folder, with `Train/` and `test/`).')
+        raise DataError(
+            f"manual_dir {root} does not exist or is not a folder. Pass the folder that holds the "
+            "official layout (the official repository's `data/` folder, with `Train/` and `test/`)."
+        )
     inner = find_dir(root, "data")
-    if inner is not None and (find_dir(inner, "Train") or find_dir(inner, "test")) and not (
-        find_dir(root, "Train") or find_dir(root, "test")):
+    if (
+        inner is not None
+        and (find_dir(inner, "Train") or find_dir(inner, "test"))
+        and not (find_dir(root, "Train") or find_dir(root, "test"))
+    ):
         return inner
     return root
 
@@ -94,8 +101,13 @@ def list_images(folder: Path, report: Report, split: str, *, recursive: bool = F
         for d in subdirs:
             n = sum(1 for _, _, fns in os.walk(folder / d) for f in fns if is_image_file(f))
             if n:
-                report.add("skipped", split, _show(folder / d), f"subfolder with {n} images: the official layout "
-                           "expects the images directly in the folder; move them up one level")
+                report.add(
+                    "skipped",
+                    split,
+                    _show(folder / d),
+                    f"subfolder with {n} images: the official layout "
+                    "expects the images directly in the folder; move them up one level",
+                )
     return sorted(out)
 
 
@@ -107,27 +119,40 @@ def stem(rel: str) -> str:
     return rel.rsplit(".", 1)[0] if "." in os.path.basename(rel) else rel
 
 
-def pair(split: str, report: Report, deg_dir: Path, deg_files: list[str], clean_dir: Path,
-         clean_files: list[str], deg_key: Callable[[str], str | None], clean_key: Callable[[str], str | None],
-         partner_hint: Callable[[str], str]) -> list[Item]:
+def pair(
+    split: str,
+    report: Report,
+    deg_dir: Path,
+    deg_files: list[str],
+    clean_dir: Path,
+    clean_files: list[str],
+    deg_key: Callable[[str], str | None],
+    clean_key: Callable[[str], str | None],
+    partner_hint: Callable[[str], str],
+) -> list[Item]:
     """Pair degraded and clean files by key. Unrecognised names are skipped, duplicates refused, files without
     a partner reported as unpaired; every case is listed in the report."""
+
     def index(files, keyfn, folder, side):
         table: dict[str, list[str]] = collections.defaultdict(list)
         for f in files:
             k = keyfn(f)
             if k is None:
-                report.add("skipped", split, _show(folder / f),
-                           f"file name not recognised as a {side} image of this set")
+                report.add(
+                    "skipped", split, _show(folder / f), f"file name not recognised as a {side} image of this set"
+                )
             else:
                 table[k].append(f)
         unique = {}
         for k, fs in table.items():
             if len(fs) > 1:
                 for f in fs:
-                    report.add("refused", split, _show(folder / f),
-                               f"ambiguous: {len(fs)} {side} files share the pairing key {k!r} ({first(fs)}); "
-                               "rename them")
+                    report.add(
+                        "refused",
+                        split,
+                        _show(folder / f),
+                        f"ambiguous: {len(fs)} {side} files share the pairing key {k!r} ({first(fs)}); rename them",
+                    )
             else:
                 unique[k] = fs[0]
         return unique
@@ -141,8 +166,12 @@ def pair(split: str, report: Report, deg_dir: Path, deg_files: list[str], clean_
             c = cleans[k]
             items.append(Item(key=stem(d), name=d, clean=str(clean_dir / c), clean_name=c, degraded=str(deg_dir / d)))
         else:
-            report.add("unpaired", split, _show(deg_dir / d), f"no clean partner (looked for {partner_hint(d)} in "
-                       f"{_show(clean_dir)})")
+            report.add(
+                "unpaired",
+                split,
+                _show(deg_dir / d),
+                f"no clean partner (looked for {partner_hint(d)} in {_show(clean_dir)})",
+            )
     for k in sorted(set(cleans) - set(degs), key=_natural):
         report.add("unpaired", split, _show(clean_dir / cleans[k]), f"no degraded partner in {_show(deg_dir)}")
     return items
@@ -154,7 +183,7 @@ def _natural(s: str):
 
 def _need(found, what: str, root: Path, candidates: list[str], hint: str) -> tuple[Path, str]:
     if found is None:
-        raise DataError(f'{what}: none of the folders {", ".join(candidates)} exists under {_show(root)}. {hint}')
+        raise DataError(f"{what}: none of the folders {', '.join(candidates)} exists under {_show(root)}. {hint}")
     return found
 
 
@@ -170,12 +199,19 @@ DENOISE_DIRS = ["Train/Denoise"]
 
 
 def scan_denoise_train(root: Path, report: Report) -> dict[str, list[Item]]:
-    folder, rel = _need(find_first(root, DENOISE_DIRS), "denoise_train", root, DENOISE_DIRS,
-                        "Put the BSD400 (aNNNNNN.jpg or NNNNNN.jpg) and WED (NNNNN.bmp) images in Train/Denoise/.")
+    folder, rel = _need(
+        find_first(root, DENOISE_DIRS),
+        "denoise_train",
+        root,
+        DENOISE_DIRS,
+        "Put the BSD400 (aNNNNNN.jpg or NNNNNN.jpg) and WED (NNNNN.bmp) images in Train/Denoise/.",
+    )
     files = list_images(folder, report, "train", recursive=True)
     if any("/" in f for f in files):
-        report.note(f"images found in subfolders of {rel}/ are used (the official loader lists only the folder "
-                    "itself and would miss them)")
+        report.note(
+            f"images found in subfolders of {rel}/ are used (the official loader lists only the folder "
+            "itself and would miss them)"
+        )
     bsd, wed, items = {}, {}, []
     unprefixed = []
     for f in files:
@@ -186,8 +222,13 @@ def scan_denoise_train(root: Path, report: Report) -> dict[str, list[Item]]:
             if not m_b.group(1):
                 unprefixed.append(f)
             if canonical in bsd:
-                report.add("refused", "train", _show(folder / f), f"duplicate of {bsd[canonical]} (BSD400 image "
-                           f"{m_b.group(2)} present with and without the a prefix); the first one is used")
+                report.add(
+                    "refused",
+                    "train",
+                    _show(folder / f),
+                    f"duplicate of {bsd[canonical]} (BSD400 image "
+                    f"{m_b.group(2)} present with and without the a prefix); the first one is used",
+                )
                 continue
             bsd[canonical] = f
         elif m_w:
@@ -196,17 +237,27 @@ def scan_denoise_train(root: Path, report: Report) -> dict[str, list[Item]]:
                 continue
             wed[m_w.group(1)] = f
         elif _DNCNN_RE.match(base):
-            report.add("skipped", "train", _show(folder / f),
-                       'looks like DnCNN\'s grayscale Train400 crop (test_NNN.png), which is not the BSD400 set of the '
-                       "official index: use the colour BSD400 images (aNNNNNN.jpg / NNNNNN.jpg)")
+            report.add(
+                "skipped",
+                "train",
+                _show(folder / f),
+                "looks like DnCNN's grayscale Train400 crop (test_NNN.png), which is not the BSD400 set of the "
+                "official index: use the colour BSD400 images (aNNNNNN.jpg / NNNNNN.jpg)",
+            )
         else:
-            report.add("skipped", "train", _show(folder / f),
-                       "name is neither BSD400 (aNNNNNN.jpg) nor WED (NNNNN.bmp) as listed in the official denoise "
-                       "index; the official loader ignores it too")
+            report.add(
+                "skipped",
+                "train",
+                _show(folder / f),
+                "name is neither BSD400 (aNNNNNN.jpg) nor WED (NNNNN.bmp) as listed in the official denoise "
+                "index; the official loader ignores it too",
+            )
     if unprefixed:
-        report.note(f"BSD400: {len(unprefixed)} images are named without the `a` prefix of the official index "
-                    f"(e.g. {os.path.basename(unprefixed[0])} for a{os.path.basename(unprefixed[0])}); the official "
-                    "loader silently drops them, here they are recognised and used")
+        report.note(
+            f"BSD400: {len(unprefixed)} images are named without the `a` prefix of the official index "
+            f"(e.g. {os.path.basename(unprefixed[0])} for a{os.path.basename(unprefixed[0])}); the official "
+            "loader silently drops them, here they are recognised and used"
+        )
     missing_wed = [f"{i:05d}.bmp" for i in range(1, WED_COUNT + 1) if f"{i:05d}" not in wed]
     if wed and missing_wed:
         for name in missing_wed:
@@ -214,9 +265,11 @@ def scan_denoise_train(root: Path, report: Report) -> dict[str, list[Item]]:
     if not wed:
         report.warn(f"WED: none of the {WED_COUNT} WED images (NNNNN.bmp) found in {_show(folder)}.")
     if not bsd:
-        report.warn(f"BSD400: none of the {BSD400_COUNT} BSD400 images (aNNNNNN.jpg or NNNNNN.jpg) found; training "
-                    f'uses WED only, as the official runs effectively did (the index\'s `a` prefix did not match the '
-                    "usual download); λ changes (denoise count 4,744×multiplier instead of 5,144×multiplier).")
+        report.warn(
+            f"BSD400: none of the {BSD400_COUNT} BSD400 images (aNNNNNN.jpg or NNNNNN.jpg) found; training "
+            f"uses WED only, as the official runs effectively did (the index's `a` prefix did not match the "
+            "usual download); λ changes (denoise count 4,744×multiplier instead of 5,144×multiplier)."
+        )
     elif len(bsd) != BSD400_COUNT:
         report.warn(f"BSD400: {len(bsd)} images found, the set has {BSD400_COUNT}.")
     for canonical, f in sorted(bsd.items()):
@@ -242,6 +295,7 @@ def _rain_key(expect_no: bool):
         if m:
             return m.group(2) if bool(m.group(1)) == expect_no else None
         return s.lower()  # identical names in input/ and target/ also pair
+
     return key
 
 
@@ -255,32 +309,40 @@ def scan_rain100l(root: Path, report: Report) -> dict[str, list[Item]]:
     tr = find_first(root, ["Train/Derain"])
     te = find_first(root, ["test/derain/Rain100L", "test/Rain100L", "Rain100L"])
     if tr is None and te is None:
-        raise DataError(f"rain100l: neither Train/Derain/ (training pairs rainy/rain-N.png + gt/norain-N.png) nor "
-                        f"test/derain/Rain100L/ (test pairs input/ + target/) exists under {_show(root)}.")
+        raise DataError(
+            f"rain100l: neither Train/Derain/ (training pairs rainy/rain-N.png + gt/norain-N.png) nor "
+            f"test/derain/Rain100L/ (test pairs input/ + target/) exists under {_show(root)}."
+        )
     if tr is not None:
         d = tr[0]
         rainy, gt = find_dir(d, "rainy"), find_dir(d, "gt")
         if rainy is None or gt is None:
-            raise DataError(f"rain100l train: {_show(d)} must contain rainy/ (rain-N.png) and gt/ (norain-N.png); "
-                            f"found {sorted(p.name for p in d.iterdir())}.")
+            raise DataError(
+                f"rain100l train: {_show(d)} must contain rainy/ (rain-N.png) and gt/ (norain-N.png); "
+                f"found {sorted(p.name for p in d.iterdir())}."
+            )
         rf, gf = list_images(rainy, report, "train"), list_images(gt, report, "train")
-        splits["train"] = pair("train", report, rainy, rf, gt, gf, _rain_key(False), _rain_key(True),
-                               _norain_hint)
+        splits["train"] = pair("train", report, rainy, rf, gt, gf, _rain_key(False), _rain_key(True), _norain_hint)
         present = {_RAIN_NUM.match(stem(f)).group(2) for f in rf if _RAIN_NUM.match(stem(f))}
         for n in range(1, RAIN_TRAIN_COUNT + 1):
             if str(n) not in present:
-                report.add("missing", "train", _show(rainy / f"rain-{n}.png"),
-                           "listed in the official rainTrain index, not found")
+                report.add(
+                    "missing",
+                    "train",
+                    _show(rainy / f"rain-{n}.png"),
+                    "listed in the official rainTrain index, not found",
+                )
     if te is not None:
         d = te[0]
         inp = find_first(d, ["input", "rainy", "rain"])
         tgt = find_first(d, ["target", "gt", "norain"])
         if inp is None or tgt is None:
-            raise DataError(f'rain100l test: {_show(d)} must contain input/ and target/ (the official tester\'s '
-                            f"--degset/--tarset); found {sorted(p.name for p in d.iterdir())}.")
+            raise DataError(
+                f"rain100l test: {_show(d)} must contain input/ and target/ (the official tester's "
+                f"--degset/--tarset); found {sorted(p.name for p in d.iterdir())}."
+            )
         fi, ft = list_images(inp[0], report, "test"), list_images(tgt[0], report, "test")
-        splits["test"] = pair("test", report, inp[0], fi, tgt[0], ft, _rain_key(False), _rain_key(True),
-                              _norain_hint)
+        splits["test"] = pair("test", report, inp[0], fi, tgt[0], ft, _rain_key(False), _rain_key(True), _norain_hint)
     return splits
 
 
@@ -304,14 +366,20 @@ def _clear_key(rel: str) -> str | None:
 
 
 def scan_reside_ots(root: Path, report: Report) -> dict[str, list[Item]]:
-    d, _ = _need(find_first(root, ["Train/Dehaze"]), "reside_ots", root, ["Train/Dehaze"],
-                 "Put RESIDE OTS as Train/Dehaze/synthetic/part1..part4/XXXX_beta_A.jpg and "
-                 "Train/Dehaze/original/XXXX.jpg.")
+    d, _ = _need(
+        find_first(root, ["Train/Dehaze"]),
+        "reside_ots",
+        root,
+        ["Train/Dehaze"],
+        "Put RESIDE OTS as Train/Dehaze/synthetic/part1..part4/XXXX_beta_A.jpg and Train/Dehaze/original/XXXX.jpg.",
+    )
     syn, orig = find_dir(d, "synthetic"), find_dir(d, "original")
     if syn is None or orig is None:
-        raise DataError(f"reside_ots: {_show(d)} must contain synthetic/ (hazy images, in part1..part4/ as the "
-                        f"official index lists them) and original/ (clear images XXXX.jpg); found "
-                        f"{sorted(p.name for p in d.iterdir())}.")
+        raise DataError(
+            f"reside_ots: {_show(d)} must contain synthetic/ (hazy images, in part1..part4/ as the "
+            f"official index lists them) and original/ (clear images XXXX.jpg); found "
+            f"{sorted(p.name for p in d.iterdir())}."
+        )
     hazy = list_images(syn, report, "train", recursive=True)
     clear = list_images(orig, report, "train")
     # the clean partner of synthetic/partK/0025_0.8_0.04.jpg is original/0025.<any extension>
@@ -335,16 +403,19 @@ def scan_reside_ots(root: Path, report: Report) -> dict[str, list[Item]]:
             report.add("unpaired", "train", _show(syn / h), f"no clear image original/{k}.* for this hazy image")
             continue
         used.add(k)
-        items.append(Item(key=stem(h), name=h, clean=str(orig / cleans[k]), clean_name=cleans[k],
-                          degraded=str(syn / h)))
+        items.append(
+            Item(key=stem(h), name=h, clean=str(orig / cleans[k]), clean_name=cleans[k], degraded=str(syn / h))
+        )
     for k in sorted(set(cleans) - used, key=_natural):
         report.add("unpaired", "train", _show(orig / cleans[k]), "clear image without any hazy version in synthetic/")
     partial = sorted(k for k, n in per_scene.items() if n != OTS_PER_SCENE)
     if partial:
-        report.warn(f"OTS subset: {len(partial)} of {len(per_scene)} scenes do not have the {OTS_PER_SCENE} hazy "
-                    f"versions (7 beta x 5 A) of the full RESIDE OTS (e.g. scene {partial[0]}: "
-                    f"{per_scene[partial[0]]}); the official index uses all {OTS_COUNT:,} images of {OTS_SCENES:,} "
-                    "scenes. A subset (e.g. a 40k/60k list or a partial download) changes the dehaze count and λ.")
+        report.warn(
+            f"OTS subset: {len(partial)} of {len(per_scene)} scenes do not have the {OTS_PER_SCENE} hazy "
+            f"versions (7 beta x 5 A) of the full RESIDE OTS (e.g. scene {partial[0]}: "
+            f"{per_scene[partial[0]]}); the official index uses all {OTS_COUNT:,} images of {OTS_SCENES:,} "
+            "scenes. A subset (e.g. a 40k/60k list or a partial download) changes the dehaze count and λ."
+        )
     if any("/" not in h for h in hazy) and hazy:
         report.note("some hazy images lie directly in synthetic/ instead of synthetic/partK/; they are used")
     return {"train": items}
@@ -355,21 +426,28 @@ SOTS_DIRS = ["test/dehaze", "SOTS/outdoor", "outdoor"]
 
 
 def scan_sots_outdoor(root: Path, report: Report) -> dict[str, list[Item]]:
-    d, rel = _need(find_first(root, SOTS_DIRS), "sots_outdoor", root, SOTS_DIRS,
-                   "Put SOTS-outdoor as test/dehaze/input/XXXX_beta_A.jpg (hazy) and "
-                   "test/dehaze/target/XXXX.png (clear).")
+    d, rel = _need(
+        find_first(root, SOTS_DIRS),
+        "sots_outdoor",
+        root,
+        SOTS_DIRS,
+        "Put SOTS-outdoor as test/dehaze/input/XXXX_beta_A.jpg (hazy) and test/dehaze/target/XXXX.png (clear).",
+    )
     inp = find_first(d, ["input", "hazy"])
     tgt = find_first(d, ["target", "gt", "clear"])
     if inp is None or tgt is None:
-        raise DataError(f'sots_outdoor: {_show(d)} must contain input/ (hazy) and target/ (clear) (RESIDE\'s own '
-                        f"names hazy/ and gt/ are accepted); found {sorted(p.name for p in d.iterdir())}.")
+        raise DataError(
+            f"sots_outdoor: {_show(d)} must contain input/ (hazy) and target/ (clear) (RESIDE's own "
+            f"names hazy/ and gt/ are accepted); found {sorted(p.name for p in d.iterdir())}."
+        )
     fi, ft = list_images(inp[0], report, "test"), list_images(tgt[0], report, "test")
-    items = pair("test", report, inp[0], fi, tgt[0], ft, _hazy_key, _clear_key,
-                 lambda f: f"{_hazy_key(f)}.*")
+    items = pair("test", report, inp[0], fi, tgt[0], ft, _hazy_key, _clear_key, lambda f: f"{_hazy_key(f)}.*")
     if len(items) == 492:
-        report.warn("SOTS-outdoor: 492 pairs found. This is the 492-image variant of SOTS-outdoor, not the 500-image "
-                    "set the all-in-one benchmarks report on; results on it are not comparable. Get the 500-pair "
-                    "SOTS outdoor set from the RESIDE (v0) site.")
+        report.warn(
+            "SOTS-outdoor: 492 pairs found. This is the 492-image variant of SOTS-outdoor, not the 500-image "
+            "set the all-in-one benchmarks report on; results on it are not comparable. Get the 500-pair "
+            "SOTS outdoor set from the RESIDE (v0) site."
+        )
     return {"test": items}
 
 
@@ -393,8 +471,14 @@ def _scan_gopro_original(split: str, d: Path, report: Report) -> list[Item]:
             continue
         fb, fs = list_images(blur, report, split), list_images(sharp, report, split)
         for it in pair(split, report, blur, fb, sharp, fs, _same_name, _same_name, lambda f: f):
-            items.append(dataclasses.replace(it, key=f"{seq.name}/{it.key}", name=f"{seq.name}/{it.name}",
-                                             clean_name=f"{seq.name}/{it.clean_name}"))
+            items.append(
+                dataclasses.replace(
+                    it,
+                    key=f"{seq.name}/{it.key}",
+                    name=f"{seq.name}/{it.name}",
+                    clean_name=f"{seq.name}/{it.clean_name}",
+                )
+            )
     return items
 
 
@@ -410,18 +494,23 @@ def scan_gopro(root: Path, report: Report) -> dict[str, list[Item]]:
         if f is not None and find_dir(f[0], flat_dirs[split][0]) is not None:
             deg_dir, cl_dir = find_dir(f[0], flat_dirs[split][0]), find_dir(f[0], flat_dirs[split][1])
             if cl_dir is None:
-                raise DataError(f"gopro {split}: {_show(f[0])} has {flat_dirs[split][0]}/ but no "
-                                f"{flat_dirs[split][1]}/.")
+                raise DataError(
+                    f"gopro {split}: {_show(f[0])} has {flat_dirs[split][0]}/ but no {flat_dirs[split][1]}/."
+                )
             fb, fs = list_images(deg_dir, report, split), list_images(cl_dir, report, split)
             splits[split] = pair(split, report, deg_dir, fb, cl_dir, fs, _same_name, _same_name, lambda x: x)
         elif orig is not None:
-            report.note(f"gopro {split}: original GOPRO_Large layout ({orig[1]}/<sequence>/blur, sharp); names are "
-                        "<sequence>/<frame>; blur_gamma/ is not used (the benchmarks use blur/)")
+            report.note(
+                f"gopro {split}: original GOPRO_Large layout ({orig[1]}/<sequence>/blur, sharp); names are "
+                "<sequence>/<frame>; blur_gamma/ is not used (the benchmarks use blur/)"
+            )
             splits[split] = _scan_gopro_original(split, orig[0], report)
     if not splits:
-        raise DataError(f"gopro: found neither the official layout (Train/Deblur/{{blur,sharp}}/ and "
-                        f"test/deblur/{{input,target}}/, same file names on both sides) nor the GOPRO_Large layout "
-                        f"(GOPRO_Large/train|test/<sequence>/{{blur,sharp}}/) under {_show(root)}.")
+        raise DataError(
+            f"gopro: found neither the official layout (Train/Deblur/{{blur,sharp}}/ and "
+            f"test/deblur/{{input,target}}/, same file names on both sides) nor the GOPRO_Large layout "
+            f"(GOPRO_Large/train|test/<sequence>/{{blur,sharp}}/) under {_show(root)}."
+        )
     return splits
 
 
@@ -433,8 +522,10 @@ LOL_COUNTS = {"train": 485, "eval15": 15}
 
 def scan_lol_v1(root: Path, report: Report) -> dict[str, list[Item]]:
     splits = {}
-    cands = {"train": ["Train/lowlight", "Train/low_light", "our485", "LOLdataset/our485"],
-             "eval15": ["test/lowlight/eval15", "eval15", "LOLdataset/eval15"]}
+    cands = {
+        "train": ["Train/lowlight", "Train/low_light", "our485", "LOLdataset/our485"],
+        "eval15": ["test/lowlight/eval15", "eval15", "LOLdataset/eval15"],
+    }
     for split, cs in cands.items():
         f = find_first(root, cs)
         if f is None:
@@ -445,9 +536,11 @@ def scan_lol_v1(root: Path, report: Report) -> dict[str, list[Item]]:
         fl, fh = list_images(low, report, split), list_images(high, report, split)
         splits[split] = pair(split, report, low, fl, high, fh, _same_name, _same_name, lambda x: x)
     if not splits:
-        raise DataError(f"lol_v1: found neither Train/lowlight/{{low,high}}/ (485 training pairs) nor "
-                        f'test/lowlight/eval15/{{low,high}}/ (15 pairs) under {_show(root)} (LOL\'s own our485/ and '
-                        "eval15/ are accepted too).")
+        raise DataError(
+            f"lol_v1: found neither Train/lowlight/{{low,high}}/ (485 training pairs) nor "
+            f"test/lowlight/eval15/{{low,high}}/ (15 pairs) under {_show(root)} (LOL's own our485/ and "
+            "eval15/ are accepted too)."
+        )
     return splits
 
 
@@ -455,11 +548,19 @@ def scan_lol_v1(root: Path, report: Report) -> dict[str, list[Item]]:
 # CBSD68 (colour only)
 # ---------------------------------------------------------------------------------------------------------
 CBSD68_COUNT = 68
-CBSD68_DIRS = ["test/denoise/cbsd68", "test/denoise/CBSD68", "test/denoise/bsd68", "CBSD68/original_png",
-               "CBSD68/original", "CBSD68"]
-GET_CBSD68 = ("Get the colour CBSD68 (68 colour images of 481x321 or 321x481, e.g. the clean originals of "
-              "the clausmichele/CBSD68-dataset repository, not its noisy* folders) and put them in "
-              "test/denoise/cbsd68/.")
+CBSD68_DIRS = [
+    "test/denoise/cbsd68",
+    "test/denoise/CBSD68",
+    "test/denoise/bsd68",
+    "CBSD68/original_png",
+    "CBSD68/original",
+    "CBSD68",
+]
+GET_CBSD68 = (
+    "Get the colour CBSD68 (68 colour images of 481x321 or 321x481, e.g. the clean originals of "
+    "the clausmichele/CBSD68-dataset repository, not its noisy* folders) and put them in "
+    "test/denoise/cbsd68/."
+)
 
 
 def scan_cbsd68(root: Path, report: Report) -> list[Item]:

@@ -10,6 +10,7 @@ any format and any image size works; both images of a pair must have the same si
 one builder config: `--name NAME` (default `default`) stores it under `<data_dir>/paired_folder/NAME/`, and the
 training pipeline uses it as the task `paired_folder:NAME`.
 """
+
 from __future__ import annotations
 
 import re
@@ -27,8 +28,10 @@ _NAME_RE = re.compile(r"^[a-z0-9][a-z0-9_.-]*$")
 
 def make_config(name: str = "default") -> tfds.core.BuilderConfig:
     if not _NAME_RE.match(name or ""):
-        raise DataError(f'paired_folder name {name!r} is not valid: use lower-case letters, digits, "_", "-" or "." '
-                        "(it becomes a folder name and the task name paired_folder:NAME).")
+        raise DataError(
+            f'paired_folder name {name!r} is not valid: use lower-case letters, digits, "_", "-" or "." '
+            "(it becomes a folder name and the task name paired_folder:NAME)."
+        )
     return tfds.core.BuilderConfig(name=name, description=f'user pairs "{name}"')
 
 
@@ -57,19 +60,23 @@ class PairedFolder(RestorationBuilder):
                 if d is not None and layouts.find_first(d, DEGRADED_DIRS):
                     split_dirs[split] = d
         if not split_dirs:
-            raise DataError(f"paired_folder: {root} has no degraded/ folder (nor train/degraded/). Expected "
-                            f"degraded/ and target/ with pairs of the same file name (synonyms: "
-                            f'{", ".join(DEGRADED_DIRS)} / {", ".join(CLEAN_DIRS)}).')
+            raise DataError(
+                f"paired_folder: {root} has no degraded/ folder (nor train/degraded/). Expected "
+                f"degraded/ and target/ with pairs of the same file name (synonyms: "
+                f"{', '.join(DEGRADED_DIRS)} / {', '.join(CLEAN_DIRS)})."
+            )
         plan = {}
         for split, d in split_dirs.items():
             deg_dir, _ = layouts.find_first(d, DEGRADED_DIRS)
             cl = layouts.find_first(d, CLEAN_DIRS)
             if cl is None:
-                raise DataError(f"paired_folder {split}: {d} has {deg_dir.name}/ but no clean folder "
-                                f'({" / ".join(CLEAN_DIRS)}).')
+                raise DataError(
+                    f"paired_folder {split}: {d} has {deg_dir.name}/ but no clean folder ({' / '.join(CLEAN_DIRS)})."
+                )
             fd = layouts.list_images(deg_dir, report, split, recursive=True)
             fc = layouts.list_images(cl[0], report, split, recursive=True)
             key = lambda f: layouts.stem(f).lower()  # noqa: E731
-            plan[split] = layouts.pair(split, report, deg_dir, fd, cl[0], fc, key, key,
-                                       lambda f: layouts.stem(f) + ".*")
+            plan[split] = layouts.pair(
+                split, report, deg_dir, fd, cl[0], fc, key, key, lambda f: layouts.stem(f) + ".*"
+            )
         return plan
