@@ -113,7 +113,7 @@ def test_official_whole_module_checkpoint(tmp_path, keys, capsys):
     ref_p, _ = convert_potentials(psd)
     assert jax.tree.all(jax.tree.map(np.array_equal, out["barynet"], ref))
     assert jax.tree.all(jax.tree.map(np.array_equal, out["potentials"], ref_p))
-    lines = [l for l in capsys.readouterr().out.splitlines() if "unused" in l]
+    lines = [line for line in capsys.readouterr().out.splitlines() if "unused" in line]
     assert len(lines) == 1 and "chnl_reduce1" in lines[0] and "reduce_noise_channel_3" in lines[0]
 
 

@@ -6,12 +6,12 @@ import json
 import shutil
 from pathlib import Path
 
+import data_fakes as F
 import grain
 import numpy as np
 import pytest
 from PIL import Image
 
-import data_fakes as F
 from baryir_jax.data import frozen, sources
 from baryir_jax.data.prepare import main as prepare_main
 from baryir_jax.data.prepare import prepare

@@ -1,14 +1,15 @@
 """The grain training pipeline: official counts, crops and augmentation, noise, determinism, resume from an
 orbax checkpoint, per-process shards, worker processes, the mesh helper and the evaluation reader."""
 
+import data_fakes as F
 import grain
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
 import pytest
-from jax.sharding import NamedSharding, PartitionSpec as P
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
 
-import data_fakes as F
 from baryir_jax.data import pipeline as pl
 from baryir_jax.data import sources
 from baryir_jax.data.images import augment

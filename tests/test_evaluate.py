@@ -386,7 +386,7 @@ def test_checkpoint_variants(mini, tmp_path):
     r = load_restorer(str(bare), cfg)
     assert r.module.dim == 8 and str(np.dtype(r.module.dtype)) == "bfloat16"
     # a model_config.json with the dtype as a string (training's export) is accepted
-    meta = json.loads((open(os.path.join(mini["ckpt"], "model_config.json")).read()))
+    meta = json.loads(open(os.path.join(mini["ckpt"], "model_config.json")).read())
     strdt = tmp_path / "strdt"
     shutil.copytree(mini["ckpt"], strdt)
     meta["barynet"]["dtype"] = "bfloat16"

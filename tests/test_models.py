@@ -66,7 +66,7 @@ def test_bad_input_shapes_get_clear_errors():
 def test_bf16_compute_keeps_fp32_params_and_stays_close():
     x = jnp.asarray(np.random.default_rng(1).uniform(0, 1, (1, 16, 16, 3)), jnp.float32)
     params = BaryNet(**TINY).init(jax.random.key(0), x)
-    assert all(l.dtype == jnp.float32 for l in jax.tree.leaves(params))
+    assert all(leaf.dtype == jnp.float32 for leaf in jax.tree.leaves(params))
     ref = BaryNet(**TINY).apply(params, x)
     low = BaryNet(**TINY, dtype=jnp.bfloat16).apply(params, x)
     assert low.restored.dtype == jnp.float32 and low.b.dtype == jnp.bfloat16

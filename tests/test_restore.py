@@ -92,7 +92,7 @@ def test_cli_handles_gray_rgba_16bit_exif_and_corrupt_files(ckpt, tmp_path, caps
     Image.fromarray(data.camera()[:64, :56]).save(src / "gray.png")
     alpha = np.tile(np.linspace(0, 255, 64).astype(np.uint8), (56, 1))
     Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(src / "sub" / "rgba.png")
-    Image.fromarray((data.camera()[:56, :64].astype(np.uint16) * 257)).save(src / "deep16.png")
+    Image.fromarray(data.camera()[:56, :64].astype(np.uint16) * 257).save(src / "deep16.png")
     exif = Image.Exif()
     exif[0x0112] = 6  # rotate: stored 56x64, displayed 64x56
     Image.fromarray(photo[100:156, :64]).save(src / "phone.jpg", exif=exif.tobytes(), quality=95)

@@ -105,7 +105,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, data_dir, cache_dir):
     n = 3
     env = _env(cache_dir)
     common = (
-        "--config.train.num_steps=%d" % (2 * n),
+        f"--config.train.num_steps={2 * n}",
         "--config.train.checkpoint_every=1",
         "--config.train.max_to_keep=10",
     )
@@ -153,7 +153,7 @@ def test_sigterm_saves_and_the_run_resumes(tmp_path, data_dir, cache_dir):
     step, _ = _final_params(run_dir)
     assert 2 <= step < 100000
     r = _run(cmd[:-2] + [f"--config.train.num_steps={step + 2}", "--config.train.checkpoint_every=1"], env)
-    assert f"resumed from" in r.stderr and f"at step {step}" in r.stderr
+    assert "resumed from" in r.stderr and f"at step {step}" in r.stderr
     assert _final_params(run_dir)[0] == step + 2
 
 

@@ -382,7 +382,7 @@ def test_inner_map_steps_scan_uses_one_batch_per_step():
     one = game.make_game_step(inner_map_steps=1, **kw)
     s = game.init_state(mp, pp, tx, optax.sgd(0.0))
     for i in range(4):
-        s, m = one(s, jax.tree.map(lambda a: a[i], batches), LAM_J)
+        s, m = one(s, jax.tree.map(lambda a, i=i: a[i], batches), LAM_J)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), s4.map_params, s.map_params)
     assert float(m4["map_loss"]) == pytest.approx(float(m["map_loss"]), rel=1e-5)
     assert float(m4["map_loss_mean"]) != pytest.approx(float(m4["map_loss"]), rel=1e-6)

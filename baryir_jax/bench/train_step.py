@@ -26,8 +26,8 @@ def _peak_rss_mb() -> float:
 
 def bench_jax(config_path: str, dtype: str, batch: int, patch: int, steps: int, warmup: int) -> dict:
     import jax
-    import jax.numpy as jnp
     from ml_collections import config_flags  # noqa: F401  (config files import ml_collections)
+
     from baryir_jax.train import step as step_lib
     from baryir_jax.train.loop import Experiment
 
@@ -93,6 +93,7 @@ def bench_official(
     ``autocast_bf16`` runs the forward passes under ``torch.autocast(bfloat16)`` (the official code has no mixed
     precision; this is only the nearest PyTorch counterpart of our ``dtype=bfloat16``)."""
     import contextlib
+
     import torch
     import torch.nn.functional as F
 

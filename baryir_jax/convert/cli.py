@@ -58,7 +58,8 @@ def main(argv=None) -> int:
     n = sum(x.size for x in jax.tree.leaves(out["barynet"]))
     msg = f"BaryNet {n:,} parameters"
     if pots is not None:
-        msg += f"; {out['potentials_config']['num_potentials']} potentials (patch {out['potentials_config']['patch_size']})"
+        pc = out["potentials_config"]
+        msg += f"; {pc['num_potentials']} potentials (patch {pc['patch_size']})"
     print(f"{msg}; read+map {t_read:.1f}s, total {total:.1f}s -> {os.path.abspath(args.output)}")
     return 0
 

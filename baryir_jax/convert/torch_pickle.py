@@ -75,7 +75,7 @@ class ModuleStub:
     def __repr__(self):
         return f"ModuleStub({self.torch_class})"
 
-    def state_dict(self, prefix: str = "") -> "collections.OrderedDict[str, np.ndarray]":
+    def state_dict(self, prefix: str = "") -> collections.OrderedDict[str, np.ndarray]:
         """The module's parameters and persistent buffers, named as ``nn.Module.state_dict`` names them."""
         out: collections.OrderedDict[str, np.ndarray] = collections.OrderedDict()
         st = self.__dict__.get("_state", {})

@@ -20,7 +20,7 @@ from __future__ import annotations
 import hashlib
 import io
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -68,7 +68,7 @@ def gaussian_noise(clean: np.ndarray, sigma: float, rng: np.random.Generator | i
 def frozen_noise_seed(name: str, sigma: float) -> int:
     """The seed of the frozen noise of one evaluation image: the first 8 bytes (big-endian) of
     `sha256(f'{name}|sigma={sigma:g}')`, with `name` the image file name without extension."""
-    digest = hashlib.sha256(f"{name}|sigma={float(sigma):g}".encode("utf-8")).digest()
+    digest = hashlib.sha256(f"{name}|sigma={float(sigma):g}".encode()).digest()
     return int.from_bytes(digest[:8], "big")
 
 

@@ -32,8 +32,8 @@ from __future__ import annotations
 
 import bisect
 import dataclasses
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Mapping, Sequence
 
 import grain
 import numpy as np

@@ -17,8 +17,8 @@ import json
 import re
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from baryir_jax.data.report import DataError, Report
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import json
-from typing import Iterable
+from collections.abc import Iterable
 
 # Everything a builder can find wrong, in the order the summary prints them.
 KINDS = {
@@ -75,7 +75,7 @@ class Report:
 
     def finish(self) -> None:
         """Compare what was written with the expected counts (adds warnings)."""
-        for split, n in sorted(self.planned.items()):
+        for split in sorted(self.planned):
             exp = self.expected.get(split)
             got = self.written.get(split, 0)
             if exp is not None and got != exp:

@@ -6,7 +6,8 @@ from typing import Any
 
 import jax
 import numpy as np
-from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
 
 def host_batch_to_global(batch: Any, mesh: Mesh, axis: str = "data") -> Any:

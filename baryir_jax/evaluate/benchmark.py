@@ -50,7 +50,7 @@ import math
 import os
 import sys
 import time
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import numpy as np
 from PIL import Image
@@ -331,8 +331,9 @@ def evaluate(
 ) -> dict:
     """Score every task of `benchmark`; write images, `per_image.csv`, `table.md`, `table.json` to `output_dir`.
     Returns the table as a dict (what `table.json` holds). `refuse` lists extra reasons to refuse the average."""
-    from baryir_jax.data.report import DataError
     from tqdm import tqdm
+
+    from baryir_jax.data.report import DataError
 
     if options.mode not in ("trim", "pad"):
         raise ValueError(f"mode must be 'trim' or 'pad', got {options.mode!r}.")

@@ -177,12 +177,12 @@ class Restorer:
         return f"BaryIR-JAX ({name})"
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _forward(module: BaryNet):
     return jax.jit(lambda p, x: module.apply({"params": p}, x).restored)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _evaluate(module: BaryNet, y_channel: bool):
     def step(p, x, target, hw):
         q = metrics.quantize(module.apply({"params": p}, x).restored)
@@ -264,10 +264,13 @@ def _norm(v):
 
 def _check_params(module: BaryNet, params, directory: str) -> None:
     expected = jax.eval_shape(lambda: module.init(jax.random.key(0), jnp.zeros((1, 8, 8, module.inp_channels))))
-    exp = {
-        jax.tree_util.keystr(p): tuple(l.shape) for p, l in jax.tree_util.tree_flatten_with_path(expected["params"])[0]
-    }
-    got = {jax.tree_util.keystr(p): tuple(np.shape(l)) for p, l in jax.tree_util.tree_flatten_with_path(params)[0]}
+
+    def shapes(tree):
+        return {
+            jax.tree_util.keystr(p): tuple(np.shape(leaf)) for p, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]
+        }
+
+    exp, got = shapes(expected["params"]), shapes(params)
     if exp != got:
         missing = sorted(set(exp) - set(got))[:3]
         extra = sorted(set(got) - set(exp))[:3]

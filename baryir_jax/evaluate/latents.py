@@ -15,7 +15,7 @@ spread over within-class spread of the pooled latents: high = the degradations f
 from __future__ import annotations
 
 import functools
-from typing import Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -48,7 +48,7 @@ def crops_by_task(
     return np.stack(crops), np.asarray(labels, np.int32), names
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _latents_fn(barynet):
     def f(params, x):
         out = barynet.apply({"params": params}, x)

@@ -31,7 +31,7 @@ import os
 import resource
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image

@@ -27,7 +27,8 @@ import hashlib
 import json
 import os
 import sys
-from typing import Iterable, Iterator, NamedTuple
+from collections.abc import Iterable, Iterator
+from typing import NamedTuple
 
 import numpy as np
 

@@ -13,7 +13,8 @@ that are consistent only at dim 48; here they are the multiples of ``dim`` they 
 
 from __future__ import annotations
 
-from typing import Any, NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import flax.linen as nn
 import jax

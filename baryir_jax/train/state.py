@@ -27,7 +27,7 @@ class TrainState(NamedTuple):
     def game(self) -> GameState:
         return GameState(self.restorer, self.potentials, self.restorer_opt, self.potentials_opt)
 
-    def with_game(self, g: GameState, **kw) -> "TrainState":
+    def with_game(self, g: GameState, **kw) -> TrainState:
         return self._replace(
             restorer=g.map_params,
             potentials=g.pot_params,

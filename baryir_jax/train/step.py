@@ -28,9 +28,9 @@ import numpy as np
 
 from baryir_jax.config import ConfigError
 from baryir_jax.models import BaryNet, Potentials
+from baryir_jax.train.state import TrainState
 from baryir_jax.transport import costs, game
 from baryir_jax.transport.congruence import PotentialIndex
-from baryir_jax.train.state import TrainState
 
 
 def _unit(x):
@@ -142,7 +142,8 @@ def make_train_step(
 def jit_train_step(train_step, mesh, state_example: TrainState):
     """jit over the mesh: parameters and optimizer states replicated, the batch split on the 'data' axis,
     the state donated."""
-    from jax.sharding import NamedSharding, PartitionSpec as P
+    from jax.sharding import NamedSharding
+    from jax.sharding import PartitionSpec as P
 
     replicated = NamedSharding(mesh, P())
     state_sharding = jax.tree.map(lambda _: replicated, state_example)

@@ -18,7 +18,7 @@ With K = 1 the only congruent potential is f ≡ 0, which both exact modes retur
 
 from __future__ import annotations
 
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp

@@ -10,7 +10,7 @@ Both costs reduce over every axis but the first (the batch axis), so they work o
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -23,7 +23,8 @@ potential update(s), with two Optax optimizers on two separate pytrees.
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, NamedTuple
+from collections.abc import Callable, Mapping
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp

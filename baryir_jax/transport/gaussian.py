@@ -13,7 +13,7 @@ barycenter cost is B* = Σ_k λ_k OT_c(P_k, Q*) = ½ Σ_k λ_k W2²(P_k, Q*).
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -66,7 +66,7 @@ def barycenter_covariance(
     w = np.asarray(weights, dtype=np.float64)
     s = np.eye(covs.shape[-1]) if init is None else np.asarray(init, dtype=np.float64)
     it = 0
-    for it in range(1, max_iter + 1):
+    for it in range(1, max_iter + 1):  # noqa: B007 (the count is returned in the info)
         r = sqrtm_psd(s)
         r_inv = inv_sqrtm_spd(s)
         m = sum(wk * sqrtm_psd(r @ ck @ r) for wk, ck in zip(w, covs))

@@ -32,7 +32,8 @@ import json
 import math
 import sys
 import time
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,9 +41,7 @@ import numpy as np
 import optax
 
 from baryir_jax.transport import congruence as cg
-from baryir_jax.transport import costs
-from baryir_jax.transport import game
-from baryir_jax.transport import gaussian
+from baryir_jax.transport import costs, game, gaussian
 
 # ------------------------------------------------------------------------------------------------ networks
 

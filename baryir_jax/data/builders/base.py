@@ -11,10 +11,9 @@ counted in `self.report`) and never stops halfway.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
 
 import numpy as np
-from typing import Iterator
-
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 

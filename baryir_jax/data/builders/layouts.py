@@ -13,8 +13,8 @@ import collections
 import dataclasses
 import os
 import re
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 from baryir_jax.data.images import is_image_file
 from baryir_jax.data.report import DataError, Report, first
