@@ -1,11 +1,49 @@
-"""``baryir-convert --checkpoint FILE --output DIR``: an official BaryIR checkpoint → a model checkpoint."""
+"""``baryir-convert --checkpoint FILE --output DIR``: an official BaryIR checkpoint → a model checkpoint.
+
+Exit status: 0 converted; 1 the file is not a readable PyTorch checkpoint, was refused (a global off the
+allow-list), does not hold a BaryNet this converter maps, or the output could not be written (nothing is left
+behind); 2 the arguments are unusable (no such file, ``--patch-size`` invalid, ``--output`` a file, not empty,
+or not writable), found before any conversion work.
+"""
 
 from __future__ import annotations
 
 import argparse
+import errno
 import os
+import shutil
 import sys
+import tempfile
 import time
+
+
+def _fail(msg: str, code: int) -> int:
+    print(f"baryir-convert: {msg}", file=sys.stderr)
+    return code
+
+
+def _check_output(out: str) -> str | None:
+    """Why `out` cannot receive the converted checkpoint, or None. Creates nothing."""
+    if os.path.lexists(out) and not os.path.isdir(out):
+        return f"--output {out} exists and is not a directory; choose a new directory"
+    if os.path.isdir(out):
+        if os.listdir(out):
+            return f"--output {out} is not empty; choose a new directory"
+        probe_dir = out
+    else:
+        probe_dir = os.path.dirname(os.path.abspath(out))
+        while not os.path.exists(probe_dir):
+            probe_dir = os.path.dirname(probe_dir)
+        if not os.path.isdir(probe_dir):
+            return f"--output {out}: {probe_dir} is not a directory"
+    try:  # a real write: permissions, a read-only file system and a full disk all show here (root included)
+        with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".baryir-convert-probe-") as f:
+            f.write(b"probe")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return f"--output {out}: cannot write in {probe_dir} ({e.strerror or e})"
+    return None
 
 
 def main(argv=None) -> int:
@@ -14,6 +52,7 @@ def main(argv=None) -> int:
         description="Convert an official BaryIR PyTorch checkpoint (a whole pickled model as saved by the official "
         "trainer, or a state dict) into a baryir_jax model checkpoint directory. The file is read "
         "without PyTorch, and without running any code it contains.",
+        epilog=__doc__.split("\n\n", 1)[1],
     )
     p.add_argument("--checkpoint", required=True, help="the .pth/.pt file")
     p.add_argument("--output", required=True, help="a new (or empty) directory for the converted checkpoint")
@@ -21,37 +60,58 @@ def main(argv=None) -> int:
         "--patch-size",
         type=int,
         default=None,
-        help="training patch size of the potentials (default: read off their shapes; 128 or 144)",
+        help="training patch size of the potentials, a multiple of 8 of at least 16 "
+        "(default: read off their shapes; 128 or 144)",
     )
     p.add_argument("--no-potentials", action="store_true", help="convert the restorer only")
     args = p.parse_args(argv)
 
-    from baryir_jax.convert.official import ConversionError, torch_to_flax
-    from baryir_jax.convert.torch_pickle import UnsafeCheckpointError
-    from baryir_jax.models.io import save_model_checkpoint
+    from baryir_jax.convert.official import ConversionError, check_patch_size, torch_to_flax
+    from baryir_jax.convert.torch_pickle import CheckpointFormatError, UnsafeCheckpointError, describe_error
 
-    if not os.path.isfile(args.checkpoint):
-        print(f"baryir-convert: no such file: {args.checkpoint}", file=sys.stderr)
-        return 2
-    if os.path.isdir(args.output) and os.listdir(args.output):
-        print(f"baryir-convert: {args.output} is not empty; choose a new directory", file=sys.stderr)
-        return 2
+    # Arguments first: nothing is read or converted before they are known to be usable.
+    ckpt = args.checkpoint
+    if not os.path.exists(ckpt):
+        return _fail(f"no such file: {ckpt}", 2)
+    if not os.path.isfile(ckpt):
+        return _fail(f"{ckpt} is not a regular file", 2)
+    try:
+        check_patch_size(args.patch_size)
+    except ConversionError as e:
+        return _fail(str(e), 2)
+    problem = _check_output(args.output)
+    if problem:
+        return _fail(problem, 2)
+
     t0 = time.perf_counter()
     try:
-        out = torch_to_flax(args.checkpoint, patch_size=args.patch_size)
-    except (ConversionError, UnsafeCheckpointError) as e:
-        print(f"baryir-convert: {args.checkpoint}: {e}", file=sys.stderr)
-        return 1
+        out = torch_to_flax(ckpt, patch_size=args.patch_size, warn=lambda m: print(m, file=sys.stderr))
+    except UnsafeCheckpointError as e:
+        return _fail(f"{ckpt}: {e}", 1)
+    except CheckpointFormatError as e:
+        return _fail(f"{ckpt} is not a readable PyTorch checkpoint: {e}", 1)
+    except ConversionError as e:
+        return _fail(f"{ckpt}: {e}", 1)
     t_read = time.perf_counter() - t0
     pots = None if args.no_potentials else out["potentials"]
-    save_model_checkpoint(
-        args.output,
-        out["barynet"],
-        out["barynet_config"],
-        pots,
-        out["potentials_config"] if pots is not None else None,
-        extra={"converted_from": os.path.basename(args.checkpoint)},
-    )
+
+    from baryir_jax.models.io import save_model_checkpoint
+
+    created = _first_missing(args.output)
+    try:
+        save_model_checkpoint(
+            args.output,
+            out["barynet"],
+            out["barynet_config"],
+            pots,
+            out["potentials_config"] if pots is not None else None,
+            extra={"converted_from": os.path.basename(ckpt)},
+        )
+    except Exception as e:  # noqa: BLE001 - any failure to write (full disk, read-only, orbax): one line, no residue
+        _remove_output(args.output, created)
+        full = isinstance(e, OSError) and e.errno == errno.ENOSPC
+        why = "the disk is full" if full else describe_error(e)
+        return _fail(f"cannot write the converted checkpoint to {args.output} ({why}); nothing was kept", 1)
     total = time.perf_counter() - t0
     import jax
 
@@ -62,6 +122,26 @@ def main(argv=None) -> int:
         msg += f"; {pc['num_potentials']} potentials (patch {pc['patch_size']})"
     print(f"{msg}; read+map {t_read:.1f}s, total {total:.1f}s -> {os.path.abspath(args.output)}")
     return 0
+
+
+def _first_missing(path: str) -> str | None:
+    """The outermost folder of `path` that does not exist yet (what a failed write must remove), or None."""
+    p, missing = os.path.abspath(path), None
+    while not os.path.exists(p):
+        missing, p = p, os.path.dirname(p)
+    return missing
+
+
+def _remove_output(out: str, created: str | None) -> None:
+    if created is not None:
+        shutil.rmtree(created, ignore_errors=True)
+        return
+    for name in ("params", "model_config.json"):
+        path = os.path.join(out, name)
+        if os.path.isdir(path):
+            shutil.rmtree(path, ignore_errors=True)
+        elif os.path.lexists(path):
+            os.remove(path)
 
 
 def run():  # console-script entry point
