@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import os
+import stat
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -164,13 +165,42 @@ def load_image_bytes(raw: bytes) -> LoadedImage:
     )
 
 
-def load_image_file(path: str | os.PathLike) -> LoadedImage:
+_KINDS = {
+    stat.S_IFIFO: "a named pipe (FIFO)",
+    stat.S_IFSOCK: "a socket",
+    stat.S_IFCHR: "a character device",
+    stat.S_IFBLK: "a block device",
+    stat.S_IFDIR: "a folder",
+}
+
+
+def file_kind(mode: int) -> str:
+    """What a non-regular file is, in words (from ``os.stat(...).st_mode``)."""
+    return _KINDS.get(stat.S_IFMT(mode), "not a regular file")
+
+
+def read_regular_file(path: str | os.PathLike) -> bytes:
+    """The bytes of a regular file. Anything else (a FIFO, a device, a socket, a folder) is refused without
+    blocking: the file is opened non-blocking and checked with fstat before it is read. Raises `ImageProblem`
+    ('unreadable')."""
     try:
-        with open(path, "rb") as f:
-            raw = f.read()
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0))
     except OSError as e:
         raise ImageProblem("unreadable", f"cannot read file: {e.strerror or e}") from None
-    return load_image_bytes(raw)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise ImageProblem("unreadable", f"not a regular file: {file_kind(mode)}")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    except OSError as e:
+        raise ImageProblem("unreadable", f"cannot read file: {e.strerror or e}") from None
+    finally:
+        os.close(fd)
+
+
+def load_image_file(path: str | os.PathLike) -> LoadedImage:
+    return load_image_bytes(read_regular_file(path))
 
 
 def is_grayscale_content(image: np.ndarray) -> bool:

@@ -13,23 +13,41 @@ elsewhere and at the image border), divided by the summed weights, then quantise
 bytes per pixel: ~0.4 GB for 4000×3000), not through the network. An image no larger than a tile in a side is
 padded (reflect) to a multiple of 8 in that side and runs whole; `--tile 0` runs every image whole.
 
-Inputs: every file Pillow reads, via `baryir_jax.data.images.load_image_file`: grayscale is replicated to RGB
-and saved back as grayscale; RGBA/LA keep their alpha channel (passed through unchanged); 16-bit images are
-reduced to 8 bits (high byte); EXIF orientation is applied. Unreadable, truncated or refused files are
-reported and skipped, and counted in the summary. Outputs are PNG files under `--output`, at the input's
-relative path with the extension `.png`.
+Inputs: every regular file Pillow reads, via `baryir_jax.data.images.load_image_bytes`: grayscale is replicated
+to RGB and saved back as grayscale; RGBA/LA keep their alpha channel (passed through unchanged); an embedded ICC
+colour profile is carried to the output (when the output has the profile's colour model); 16-bit images are
+reduced to 8 bits (high byte); EXIF orientation is applied. Unreadable, truncated or refused files, and
+anything that is not a regular file (a FIFO, a device, a broken link), are reported and skipped, and counted in
+the summary; non-regular files are never opened for reading in a way that can block.
+
+Outputs are PNG files under `--output`, at the input's relative path with the extension `.png`. Every
+destination is planned against every input and every other destination before anything is written: no input
+file is ever overwritten (also with `--output` equal to the input folder), and inputs that would share a
+destination (`shot.jpg`, `shot.png`) get distinct names (`shot_jpg.png`, `shot_png.png`). An output folder inside
+the input folder is not searched for inputs. Each PNG is written to a hidden temporary file next to its
+destination and renamed when complete, so a destination is either the old file or the complete new one.
+`--output` is checked before the model is loaded (a file, a path under a file, not writable, a read-only file
+system). A file that cannot be written is a counted skip with its reason; a full disk stops the run with one
+line and leaves no partial file.
 
 The checkpoint is a model checkpoint directory (``model_config.json`` + ``params/``), from `baryir-convert`
 (official weights) or from training's export. The summary prints the wall time and the process's peak
-resident memory. Exit status: 0 when at least one image was restored, 1 otherwise.
+resident memory. Exit status: 0 when at least one image was restored, 1 when none was (or the arguments or the
+checkpoint are unusable), 2 when a full disk stopped the run (the images restored before it are complete).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import errno
+import io
+import itertools
 import os
 import resource
+import stat
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 
@@ -150,16 +168,18 @@ def tile_count(h: int, w: int, tile: int, overlap: int) -> int:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def find_inputs(path: str) -> tuple[list[tuple[str, str]], int]:
-    """[(file, relative path)] of the image files at `path` (a file or a folder, searched recursively) and the
-    number of other files ignored."""
+def find_inputs(path: str, exclude: str | None = None) -> tuple[list[tuple[str, str]], int]:
+    """[(file, relative path)] of the image files at `path` (a file or a folder, searched recursively, not into
+    `exclude`) and the number of other files ignored. Image names that are not regular files are listed too:
+    reading them is refused (a counted skip), see `baryir_jax.data.images.read_regular_file`."""
     from baryir_jax.data.images import is_image_file
 
-    if os.path.isfile(path):
+    if not os.path.isdir(path):
         return [(path, os.path.basename(path))], 0
+    skip = os.path.realpath(exclude) if exclude else None
     found, ignored = [], 0
     for root, dirs, files in os.walk(path):
-        dirs.sort()
+        dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) != skip)
         for f in sorted(files):
             full = os.path.join(root, f)
             if is_image_file(f):
@@ -169,20 +189,120 @@ def find_inputs(path: str) -> tuple[list[tuple[str, str]], int]:
     return found, ignored
 
 
+def _real(path: str) -> str:
+    return os.path.normcase(os.path.realpath(path))
+
+
+def input_tree_files(path: str, exclude: str | None = None) -> set[str]:
+    """Real paths of every file under the input (or the input file itself), not under `exclude` (an output folder
+    inside the input folder): destinations never land on one."""
+    if not os.path.isdir(path):
+        return {_real(path)}
+    skip, found = os.path.realpath(exclude) if exclude else None, set()
+    for root, dirs, files in os.walk(path):
+        dirs[:] = [d for d in dirs if os.path.realpath(os.path.join(root, d)) != skip]
+        found.update(_real(os.path.join(root, f)) for f in files)
+    return found
+
+
+def plan_destinations(
+    inputs: list[tuple[str, str]], out_root: str, protected: set[str]
+) -> tuple[list[tuple[str, str, str, str | None]], list[str]]:
+    """Choose every destination before anything is written: → ([(input, rel, destination, why renamed or
+    None)], [skip reasons]). An input's natural destination is ``<out_root>/<rel without extension>.png``; it is
+    used when no other input maps to it and it is not a `protected` (input) file; otherwise the input gets
+    ``<stem>_<ext>.png`` (then ``_2``, ``_3`` …), avoiding every input and every other destination. A destination
+    that exists as something other than a file (a folder) is a skip."""
+    natural = {path: os.path.join(out_root, os.path.splitext(rel)[0] + ".png") for path, rel in inputs}
+    counts = collections.Counter(_real(d) for d in natural.values())
+    taken = set(protected)
+    plan: dict[str, tuple[str, str | None]] = {}
+    for path, _ in inputs:
+        dest = natural[path]
+        if counts[_real(dest)] == 1 and _real(dest) not in protected:
+            plan[path] = (dest, None)
+            taken.add(_real(dest))
+    for path, rel in inputs:
+        if path in plan:
+            continue
+        dest = natural[path]
+        why = "an input file has that name" if _real(dest) in protected else "another input restores to that name"
+        stem, ext = os.path.splitext(rel)
+        tag = ext[1:].lower() or "none"
+        for n in itertools.count(1):
+            cand = os.path.join(out_root, f"{stem}_{tag}{'' if n == 1 else f'_{n}'}.png")
+            if _real(cand) not in taken:
+                break
+        plan[path] = (cand, f"not {os.path.basename(dest)}: {why}")
+        taken.add(_real(cand))
+    out, skipped = [], []
+    for path, rel in inputs:
+        dest, why = plan[path]
+        try:
+            st = os.lstat(dest)
+        except OSError:
+            st = None
+        if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISLNK(st.st_mode)):
+            from baryir_jax.data.images import file_kind
+
+            skipped.append(f"{path}: the destination {dest} exists and is {file_kind(st.st_mode)}; move it away")
+            continue
+        out.append((path, rel, dest, why))
+    return out, skipped
+
+
+def check_output(out: str) -> str | None:
+    """Why `out` cannot receive the restored images, or None; creates nothing (a probe file is written and
+    removed, so permissions, a read-only file system and a full disk show here, also for root)."""
+    if os.path.lexists(out) and not os.path.isdir(out):
+        return f"--output {out} exists and is not a folder; choose a folder"
+    probe_dir = os.path.abspath(out)
+    while not os.path.exists(probe_dir):
+        probe_dir = os.path.dirname(probe_dir)
+    if not os.path.isdir(probe_dir):
+        return f"--output {out}: {probe_dir} is a file, not a folder"
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".baryir-restore-probe-") as f:
+            f.write(b"probe")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return f"--output {out}: cannot write in {probe_dir} ({e.strerror or e})"
+    return None
+
+
+def icc_profile(path: str) -> bytes | None:
+    """The ICC colour profile embedded in an image file (PNG iCCP, JPEG APP2, TIFF, WebP), or None."""
+    from baryir_jax.data.images import read_regular_file
+
+    try:
+        with Image.open(io.BytesIO(read_regular_file(path))) as im:
+            icc = im.info.get("icc_profile")
+    except Exception:  # noqa: BLE001 - the image itself was read already; no profile then
+        return None
+    return icc if isinstance(icc, bytes) and len(icc) >= 128 else None
+
+
+def profile_fits(icc: bytes, grayscale: bool) -> bool:
+    """Whether an ICC profile's colour space (header bytes 16-19) is the output's: 'GRAY' or 'RGB '."""
+    return icc[16:20] == (b"GRAY" if grayscale else b"RGB ")
+
+
 def read_image(path: str):
     """→ (uint8 RGB (H, W, 3), alpha uint8 (H, W) or None, grayscale: bool, note or None). Raises
-    `ImageProblem` for files that cannot be used."""
-    from baryir_jax.data.images import ImageProblem, load_image_file
+    `ImageProblem` for files that cannot be used (also for anything that is not a regular file)."""
+    from baryir_jax.data.images import ImageProblem, load_image_bytes, read_regular_file
 
-    loaded = load_image_file(path)
+    raw = read_regular_file(path)
+    loaded = load_image_bytes(raw)
     rgb = loaded.decode()
     alpha, orientation = None, 1
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(raw)) as im:
             orientation = int(im.getexif().get(0x0112, 1) or 1)
             if "A" in im.getbands() or (im.mode == "P" and "transparency" in im.info):
                 alpha = np.asarray(im.convert("RGBA").getchannel("A"))
-    except Exception as e:  # noqa: BLE001 - load_image_file already decoded it; a metadata problem is not fatal
+    except Exception as e:  # noqa: BLE001 - load_image_bytes already decoded it; a metadata problem is not fatal
         raise ImageProblem("unreadable", f"cannot read its metadata: {type(e).__name__}: {e}") from None
     notes = [loaded.conversion] if loaded.conversion else []
     if orientation in _ORIENT:
@@ -193,8 +313,8 @@ def read_image(path: str):
     return rgb, alpha, loaded.single_channel, "; ".join(notes) or None
 
 
-def write_image(path: str, rgb: np.ndarray, alpha: np.ndarray | None, grayscale: bool) -> None:
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+def encode_image(rgb: np.ndarray, alpha: np.ndarray | None, grayscale: bool, icc: bytes | None = None) -> bytes:
+    """PNG bytes of the restored image: grayscale as L/LA, colour as RGB/RGBA, with the ICC profile if given."""
     im = Image.fromarray(rgb)
     if grayscale:
         im = im.convert("LA") if alpha is not None else im.convert("L")
@@ -203,7 +323,58 @@ def write_image(path: str, rgb: np.ndarray, alpha: np.ndarray | None, grayscale:
     elif alpha is not None:
         im = im.convert("RGBA")
         im.putalpha(Image.fromarray(alpha))
-    im.save(path)
+    buf = io.BytesIO()
+    im.save(buf, format="PNG", **({"icc_profile": icc} if icc else {}))
+    return buf.getvalue()
+
+
+def write_file_atomically(path: str, data: bytes) -> None:
+    """Write `data` to a hidden temporary file next to `path`, fsync it, then rename it onto `path`: `path` is
+    never a partial file. On any error the temporary file (and any folder made for it) is removed and the error
+    (OSError) raised."""
+    folder = os.path.dirname(path) or "."
+    created = []  # folders made here, innermost first, removed again if the write fails
+    probe = os.path.abspath(folder)
+    while not os.path.lexists(probe):
+        created.append(probe)
+        probe = os.path.dirname(probe)
+    base, tmp = os.path.basename(path), None
+    try:
+        os.makedirs(folder, exist_ok=True)
+        for n in itertools.count():
+            candidate = os.path.join(folder, f".{base}.{os.getpid()}.{n}.part")
+            try:
+                fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+            except FileExistsError:
+                continue
+            tmp = candidate
+            break
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view) :]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        if tmp is not None:
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
+        for d in created:
+            try:
+                os.rmdir(d)
+            except OSError:
+                break
+        raise
+
+
+def write_image(
+    path: str, rgb: np.ndarray, alpha: np.ndarray | None, grayscale: bool, icc: bytes | None = None
+) -> None:
+    write_file_atomically(path, encode_image(rgb, alpha, grayscale, icc))
 
 
 def peak_rss_mib() -> float:
@@ -236,23 +407,27 @@ def main(argv=None) -> int:
             raise ValueError(f"--batch must be at least 1, got {args.batch}.")
         if not os.path.exists(args.input):
             raise ValueError(f"--input {args.input}: no such file or folder.")
-        inputs, ignored = find_inputs(args.input)
+        out_root = os.path.abspath(args.output)
+        problem = check_output(args.output)
+        if problem:
+            raise ValueError(problem)
+        inside = os.path.isdir(args.input) and _real(out_root).startswith(_real(args.input) + os.sep)
+        exclude = out_root if inside else None
+        inputs, ignored = find_inputs(args.input, exclude=exclude)
         if not inputs:
             raise ValueError(
                 f"--input {args.input}: no image files found (looked for .png, .jpg, .jpeg, .bmp, .tif, "
                 ".tiff, .webp, .ppm, .pgm)" + (f"; {ignored} other file(s) ignored" if ignored else "") + "."
             )
+        plan, skipped = plan_destinations(inputs, out_root, input_tree_files(args.input, exclude))
         restorer = load_restorer(args.checkpoint, load_config(args.config) if args.config else None, args.dtype)
     except (CheckpointError, ValueError) as e:
         print(f"baryir-restore: {e}", file=sys.stderr)
         return 1
-    out_root = os.path.abspath(args.output)
-    done, skipped = 0, []
-    for path, rel in inputs:
-        dest = os.path.join(out_root, os.path.splitext(rel)[0] + ".png")
-        if os.path.abspath(path) == dest:
-            skipped.append(f"{path}: the output would overwrite the input; choose another --output")
-            continue
+    for line in skipped:
+        print(f"skipped {line}", file=sys.stderr)
+    done, renamed, stopped = 0, 0, None
+    for i, (path, rel, dest, why) in enumerate(plan):
         try:
             rgb, alpha, gray, note = read_image(path)
         except ImageProblem as e:
@@ -262,22 +437,48 @@ def main(argv=None) -> int:
         t = time.perf_counter()
         h, w = rgb.shape[:2]
         out = restore_image(restorer, rgb, args.tile, args.overlap, args.batch)
-        write_image(dest, out, alpha, gray)
+        notes = [note] if note else []
+        icc = icc_profile(path)
+        if icc is not None and not profile_fits(icc, gray):
+            space = icc[16:20].decode("latin-1").strip()
+            notes.append(f"its {space} colour profile dropped: the output is {'grayscale' if gray else 'RGB'}")
+            icc = None
+        elif icc is not None:
+            notes.append("colour profile kept")
+        try:
+            write_image(dest, out, alpha, gray, icc)
+        except OSError as e:
+            if e.errno in (errno.ENOSPC, errno.EDQUOT):
+                stopped = f"the disk is full: {dest} could not be written (no partial file was left)"
+                not_attempted = len(plan) - i - 1
+                break
+            skipped.append(f"{path}: cannot write {dest} ({e.strerror or e})")
+            print(f"skipped {path}: cannot write {dest} ({e.strerror or e})", file=sys.stderr)
+            continue
         done += 1
+        if why:
+            renamed += 1
+            notes.append(why)
         n_tiles = tile_count(h, w, args.tile, args.overlap)
         print(
             f"{rel}: {w}x{h}, {n_tiles} tile(s), {time.perf_counter() - t:.1f} s -> {dest}"
-            + (f" ({note})" if note else "")
+            + (f" ({'; '.join(notes)})" if notes else "")
         )
+    if stopped:
+        print(f"baryir-restore: stopped: {stopped}", file=sys.stderr)
     total = time.perf_counter() - t0
     print(
-        f"restored {done} image(s), skipped {len(skipped)} (unreadable, corrupt or refused)"
+        f"restored {done} image(s), skipped {len(skipped)} (unreadable, corrupt, refused or not writable)"
+        + (f", {renamed} renamed so that nothing is overwritten" if renamed else "")
         + (f", ignored {ignored} non-image file(s)" if ignored else "")
+        + (f"; STOPPED by a full disk, {not_attempted + 1} image(s) not written" if stopped else "")
         + f"; {len(restorer.shapes)} compiled shape(s) {sorted(s[1:3] for s in restorer.shapes)}; "
         f"{total:.1f} s in all; peak RSS {peak_rss_mib():.0f} MiB"
     )
     for line in skipped:
         print(f"  skipped: {line}")
+    if stopped:
+        return 2
     return 0 if done else 1
 
 
