@@ -54,16 +54,56 @@ def prepare(
     progress: bool = True,
     out: Callable[[str], None] = print,
 ) -> PrepareResult:
-    """Scan, validate and write one data set. Raises `DataError` (nothing written) when the input is refused."""
-    import tensorflow_datasets as tfds
-
-    from baryir_jax.data import frozen, sources
-
+    """Scan, validate and write one data set. Raises `DataError` (nothing written, and no folder this call
+    created left behind) when the input is refused or `data_dir` is not a folder."""
     if dataset not in DATASETS:
         raise DataError(f"unknown --dataset {dataset!r}; choose one of: {', '.join(DATASETS)}.")
     if name is not None and dataset != "paired_folder":
         raise DataError("--name is only for --dataset paired_folder.")
     full = f"paired_folder/{name or 'default'}" if dataset == "paired_folder" else dataset
+    check_data_dir(data_dir)
+    created = _not_yet_there(Path(data_dir), full)
+    try:
+        return _prepare(full, dataset, data_dir, manual_dir, overwrite, progress, out)
+    except BaseException:
+        _remove_created(created)  # a refused or failed build leaves no folder behind
+        raise
+
+
+def check_data_dir(data_dir: str | Path) -> None:
+    """`DataError` when `data_dir` (or a folder above it) exists as something other than a folder."""
+    p = Path(data_dir).expanduser().absolute()
+    for q in (p, *p.parents):
+        if q.exists() or q.is_symlink():
+            if not q.is_dir():
+                where = "" if q == p else f": {q} is a file"
+                raise DataError(f"--data_dir {data_dir} is not a folder{where}; give the folder for the prepared sets.")
+            return
+
+
+def _not_yet_there(data_dir: Path, full: str) -> list[Path]:
+    """The folders a build of `full` may create under (and including) `data_dir` that do not exist yet, innermost
+    first: what a refused build removes again."""
+    name, _, config = full.partition("/")
+    data_dir = data_dir.expanduser().absolute()
+    candidates = [data_dir / "downloads" / "extracted", data_dir / "downloads", data_dir / name / ".config"]
+    if config:
+        candidates.append(data_dir / name / config)
+    candidates += [data_dir / name, data_dir, *data_dir.parents]
+    return [p for p in candidates if not (p.exists() or p.is_symlink())]
+
+
+def _remove_created(created: list[Path]) -> None:
+    for p in created:  # innermost first; each held nothing before this build
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+
+
+def _prepare(full, dataset, data_dir, manual_dir, overwrite, progress, out) -> PrepareResult:
+    import tensorflow_datasets as tfds
+
+    from baryir_jax.data import frozen, sources
+
     builder = sources.get_builder(data_dir, full, progress=progress)
     if sources.is_prepared(builder):
         if not overwrite:

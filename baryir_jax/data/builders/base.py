@@ -93,6 +93,7 @@ class RestorationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
             if not v:
                 self.report.warn(f"{s}: no usable examples found; the split is not written.")
         if not any(plan.values()):
+            self.report.failed = True  # the summary must say NOTHING WRITTEN, not "written with warnings"
             raise DataError(
                 f"{self.name}: no usable examples in {manual_dir}; nothing would be written.\n" + self.report.render()
             )

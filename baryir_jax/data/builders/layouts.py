@@ -304,6 +304,60 @@ def _norain_hint(rel: str) -> str:
     return f"norain-{m.group(2)}.*" if m else stem(rel) + ".*"
 
 
+def pair_equal_names_first(
+    split: str,
+    report: Report,
+    deg_dir: Path,
+    deg_files: list[str],
+    clean_dir: Path,
+    clean_files: list[str],
+    deg_key: Callable[[str], str | None],
+    clean_key: Callable[[str], str | None],
+    partner_hint: Callable[[str], str],
+) -> list[Item]:
+    """Pair files with the same name in both folders (case-insensitive), then the rest by key (`pair`). A
+    degraded file of the second kind whose stored key would repeat one of the first kind is refused."""
+    cleans = {f.lower(): f for f in clean_files}
+    same = [d for d in deg_files if d.lower() in cleans]
+    if len({d.lower() for d in same}) != len(same):  # e.g. rain-1.png and RAIN-1.png: let `pair` refuse them
+        same = [d for d in same if sum(x.lower() == d.lower() for x in same) == 1]
+    items = [
+        Item(
+            key=stem(d),
+            name=d,
+            clean=str(clean_dir / cleans[d.lower()]),
+            clean_name=cleans[d.lower()],
+            degraded=str(deg_dir / d),
+        )
+        for d in same
+    ]
+    used_deg, used_clean = set(same), {cleans[d.lower()] for d in same}
+    rest = pair(
+        split,
+        report,
+        deg_dir,
+        [f for f in deg_files if f not in used_deg],
+        clean_dir,
+        [f for f in clean_files if f not in used_clean],
+        deg_key,
+        clean_key,
+        partner_hint,
+    )
+    keys = {it.key for it in items}
+    for it in rest:
+        if it.key in keys:
+            report.add(
+                "refused",
+                split,
+                _show(deg_dir / it.name),
+                f"ambiguous: its stored name {it.key!r} is already used by an equally named pair; rename it",
+            )
+        else:
+            keys.add(it.key)
+            items.append(it)
+    return sorted(items, key=lambda it: _natural(it.key))
+
+
 def scan_rain100l(root: Path, report: Report) -> dict[str, list[Item]]:
     splits = {}
     tr = find_first(root, ["Train/Derain"])
@@ -322,7 +376,9 @@ def scan_rain100l(root: Path, report: Report) -> dict[str, list[Item]]:
                 f"found {sorted(p.name for p in d.iterdir())}."
             )
         rf, gf = list_images(rainy, report, "train"), list_images(gt, report, "train")
-        splits["train"] = pair("train", report, rainy, rf, gt, gf, _rain_key(False), _rain_key(True), _norain_hint)
+        splits["train"] = pair_equal_names_first(
+            "train", report, rainy, rf, gt, gf, _rain_key(False), _rain_key(True), _norain_hint
+        )
         present = {_RAIN_NUM.match(stem(f)).group(2) for f in rf if _RAIN_NUM.match(stem(f))}
         for n in range(1, RAIN_TRAIN_COUNT + 1):
             if str(n) not in present:
@@ -342,7 +398,9 @@ def scan_rain100l(root: Path, report: Report) -> dict[str, list[Item]]:
                 f"--degset/--tarset); found {sorted(p.name for p in d.iterdir())}."
             )
         fi, ft = list_images(inp[0], report, "test"), list_images(tgt[0], report, "test")
-        splits["test"] = pair("test", report, inp[0], fi, tgt[0], ft, _rain_key(False), _rain_key(True), _norain_hint)
+        splits["test"] = pair_equal_names_first(
+            "test", report, inp[0], fi, tgt[0], ft, _rain_key(False), _rain_key(True), _norain_hint
+        )
     return splits
 
 
