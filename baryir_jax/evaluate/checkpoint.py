@@ -12,6 +12,8 @@ distinct input shapes it ran (`shapes`): that is the number of compilations the 
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import dataclasses
 import functools
 import importlib.util
@@ -47,6 +49,37 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float
 
 class CheckpointError(Exception):
     """The checkpoint or config cannot be used; the message says what, where and how to fix it."""
+
+
+class _DrainingEventLoop(asyncio.SelectorEventLoop):
+    """An event loop that, when closed, first lets its unfinished tasks finish (their errors collected, not raised).
+
+    orbax restores with ``gather`` in a fresh loop that it closes as soon as one read fails; the other reads are
+    still in flight in tensorstore, and when they complete they schedule their results on the closed loop, which
+    prints "RuntimeError: Event loop is closed" tracebacks long after the one error was reported."""
+
+    def close(self):
+        if not self.is_closed() and not self.is_running():
+            pending = [t for t in asyncio.all_tasks(self) if not t.done()]
+            if pending:
+                self.run_until_complete(asyncio.gather(*pending, return_exceptions=True))
+        super().close()
+
+
+class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
+    def new_event_loop(self):
+        return _DrainingEventLoop()
+
+
+@contextlib.contextmanager
+def _clean_async_teardown():
+    """Loops created inside (by orbax) drain their tasks before closing; the previous policy is put back."""
+    previous = asyncio.get_event_loop_policy()
+    asyncio.set_event_loop_policy(_DrainingPolicy())
+    try:
+        yield
+    finally:
+        asyncio.set_event_loop_policy(previous)
 
 
 def resolve_dtype(dtype) -> Any:
@@ -221,9 +254,10 @@ def load_restorer(checkpoint: str, config=None, dtype: str | None = None) -> Res
         from baryir_jax.models.io import load_model_checkpoint
 
         try:
-            module, params, _, _, meta = load_model_checkpoint(directory)
+            with _clean_async_teardown():
+                module, params, _, _, meta = load_model_checkpoint(directory)
         except Exception as e:  # noqa: BLE001 - orbax/json errors: say which directory
-            raise CheckpointError(f"cannot read the model checkpoint {directory}: {type(e).__name__}: {e}") from None
+            raise CheckpointError(f"cannot read the model checkpoint {directory}: {_one_line(e)}") from None
         mismatched = {
             k: (getattr(module, k), v)
             for k, v in cfg_model.items()
@@ -248,14 +282,22 @@ def load_restorer(checkpoint: str, config=None, dtype: str | None = None) -> Res
             module = BaryNet(**{k: v for k, v in cfg_model.items() if k in ARCH_KEYS})
         except TypeError as e:
             raise CheckpointError(f"config.model has arguments BaryNet does not take: {e}") from None
-        with ocp.StandardCheckpointer() as ckptr:
-            tree = ckptr.restore(os.path.join(directory, PARAMS_DIR))
+        try:
+            with _clean_async_teardown(), ocp.StandardCheckpointer() as ckptr:
+                tree = ckptr.restore(os.path.join(directory, PARAMS_DIR))
+        except Exception as e:  # noqa: BLE001 - orbax errors: say which directory
+            raise CheckpointError(f"cannot read the parameters in {directory}: {_one_line(e)}") from None
         params = tree.get("barynet", tree) if isinstance(tree, dict) else tree
         meta = {"barynet": cfg_model}
     want = dtype if dtype is not None else (cfg_dtype if cfg_dtype is not None else module.dtype)
     module = module.clone(dtype=resolve_dtype(want))
     _check_params(module, params, directory)
     return Restorer(module, params, meta, directory)
+
+
+def _one_line(e: BaseException, limit: int = 400) -> str:
+    msg = " ".join(str(e).split())
+    return f"{type(e).__name__}: {msg[:limit]}{'…' if len(msg) > limit else ''}"
 
 
 def _norm(v):
