@@ -631,3 +631,23 @@ def test_nan_and_inf_weights_are_named_in_a_warning(tmp_path, tiny, capsys):
     assert len(warning) == 1
     assert "latent.0.attn.qkv.weight (1 NaN, 0 inf)" in warning[0] and "output.weight (0 NaN, 2 inf)" in warning[0]
     assert "encoder_level1" not in warning[0]
+
+
+def test_a_failed_write_leaves_no_output(tmp_path, tiny, capsys, monkeypatch):
+    import builtins
+    import errno
+
+    _, sd = tiny
+    path = T.state_dict_checkpoint(tmp_path / "ok.pth", sd)
+    real_open = builtins.open
+
+    def full_disk_open(file, mode="r", *a, **k):  # the disk fills up when the config is written (after params/)
+        if "w" in mode and os.fspath(file).endswith("model_config.json"):
+            raise OSError(errno.ENOSPC, "No space left on device", os.fspath(file))
+        return real_open(file, mode, *a, **k)
+
+    monkeypatch.setattr(builtins, "open", full_disk_open)
+    rc = cli.main(["--checkpoint", path, "--output", str(tmp_path / "new" / "conv")])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert rc == 1 and len(lines) == 1 and "the disk is full" in lines[0] and "nothing was kept" in lines[0], lines
+    assert not (tmp_path / "new").exists()
