@@ -3,8 +3,8 @@ tensor geometry reaching outside its storage (canary values around it), memory a
 in a subprocess), every kind of malformed zip/pickle (one line, exit 1), BUILD on allowed globals, wrapper
 prefixes, argument checks before any work, mis-shaped keys and NaN/inf weights.
 
-Cost: about 40 s on one CPU core (writing three 256 MiB deflated members takes ~10 s; the tiny BaryNet
-conversions ~1 s each)."""
+Cost: about 70 s on a shared 2-core machine (writing three 256 MiB deflated members and reading them in a
+subprocess takes ~16 s; the tiny BaryNet conversions a few seconds each)."""
 
 import json
 import os

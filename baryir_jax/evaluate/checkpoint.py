@@ -19,6 +19,7 @@ import functools
 import importlib.util
 import json
 import os
+import warnings
 from typing import Any
 
 import jax
@@ -74,12 +75,16 @@ class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
 @contextlib.contextmanager
 def _clean_async_teardown():
     """Loops created inside (by orbax) drain their tasks before closing; the previous policy is put back."""
-    previous = asyncio.get_event_loop_policy()
-    asyncio.set_event_loop_policy(_DrainingPolicy())
+    with warnings.catch_warnings():  # event loop policies are deprecated from Python 3.14 on
+        warnings.simplefilter("ignore", DeprecationWarning)
+        previous = asyncio.get_event_loop_policy()
+        asyncio.set_event_loop_policy(_DrainingPolicy())
     try:
         yield
     finally:
-        asyncio.set_event_loop_policy(previous)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            asyncio.set_event_loop_policy(previous)
 
 
 def resolve_dtype(dtype) -> Any:
