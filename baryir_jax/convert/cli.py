@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import logging
 import os
 import shutil
 import sys
@@ -95,23 +96,30 @@ def main(argv=None) -> int:
     t_read = time.perf_counter() - t0
     pots = None if args.no_potentials else out["potentials"]
 
+    from baryir_jax.evaluate.checkpoint import clean_async_teardown
     from baryir_jax.models.io import save_model_checkpoint
 
     created = _first_missing(args.output)
+    absl_logger = logging.getLogger("absl")
+    level = absl_logger.level
+    absl_logger.setLevel(logging.CRITICAL)  # orbax logs a failed write from each of its threads; we report it once
     try:
-        save_model_checkpoint(
-            args.output,
-            out["barynet"],
-            out["barynet_config"],
-            pots,
-            out["potentials_config"] if pots is not None else None,
-            extra={"converted_from": os.path.basename(ckpt)},
-        )
+        with clean_async_teardown():
+            save_model_checkpoint(
+                args.output,
+                out["barynet"],
+                out["barynet_config"],
+                pots,
+                out["potentials_config"] if pots is not None else None,
+                extra={"converted_from": os.path.basename(ckpt)},
+            )
     except Exception as e:  # noqa: BLE001 - any failure to write (full disk, read-only, orbax): one line, no residue
         _remove_output(args.output, created)
-        full = isinstance(e, OSError) and e.errno == errno.ENOSPC
+        full = (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in str(e)
         why = "the disk is full" if full else describe_error(e)
         return _fail(f"cannot write the converted checkpoint to {args.output} ({why}); nothing was kept", 1)
+    finally:
+        absl_logger.setLevel(level)
     total = time.perf_counter() - t0
     import jax
 

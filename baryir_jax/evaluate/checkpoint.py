@@ -73,8 +73,10 @@ class _DrainingPolicy(asyncio.DefaultEventLoopPolicy):
 
 
 @contextlib.contextmanager
-def _clean_async_teardown():
-    """Loops created inside (by orbax) drain their tasks before closing; the previous policy is put back."""
+def clean_async_teardown():
+    """Loops created inside (by orbax, for a restore or a save) drain their tasks before closing, so a failed
+    read or write is reported once, not followed by "Event loop is closed" tracebacks; the previous event loop
+    policy is put back."""
     with warnings.catch_warnings():  # event loop policies are deprecated from Python 3.14 on
         warnings.simplefilter("ignore", DeprecationWarning)
         previous = asyncio.get_event_loop_policy()
@@ -259,7 +261,7 @@ def load_restorer(checkpoint: str, config=None, dtype: str | None = None) -> Res
         from baryir_jax.models.io import load_model_checkpoint
 
         try:
-            with _clean_async_teardown():
+            with clean_async_teardown():
                 module, params, _, _, meta = load_model_checkpoint(directory)
         except Exception as e:  # noqa: BLE001 - orbax/json errors: say which directory
             raise CheckpointError(f"cannot read the model checkpoint {directory}: {_one_line(e)}") from None
@@ -288,7 +290,7 @@ def load_restorer(checkpoint: str, config=None, dtype: str | None = None) -> Res
         except TypeError as e:
             raise CheckpointError(f"config.model has arguments BaryNet does not take: {e}") from None
         try:
-            with _clean_async_teardown(), ocp.StandardCheckpointer() as ckptr:
+            with clean_async_teardown(), ocp.StandardCheckpointer() as ckptr:
                 tree = ckptr.restore(os.path.join(directory, PARAMS_DIR))
         except Exception as e:  # noqa: BLE001 - orbax errors: say which directory
             raise CheckpointError(f"cannot read the parameters in {directory}: {_one_line(e)}") from None
