@@ -1,5 +1,7 @@
 """A damaged params/ folder: one clear error, and no "RuntimeError: Event loop is closed" tracebacks from reads
-still in flight when orbax gives up (they used to appear in most runs, a dozen at a time). Cost: about 20 s."""
+still in flight when orbax gives up (they used to appear in most runs, a dozen at a time).
+
+Cost: about 45 s on a shared 2-core machine."""
 
 import os
 import subprocess

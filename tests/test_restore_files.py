@@ -1,7 +1,8 @@
 """baryir-restore and the user's files: colliding destinations, --output equal to or inside the input folder,
 output problems found before the model loads, per-file write failures, a full disk, FIFOs, ICC colour profiles.
 
-Cost: about 30 s on one CPU core (a tiny BaryNet; every image is 32x32, run whole: one compiled shape)."""
+Cost: about 80 s on a shared 2-core machine (a tiny BaryNet; every image is 32x32, run whole: one compiled
+shape; the FIFO test runs the CLI in a thread)."""
 
 import builtins
 import errno
