@@ -1,13 +1,13 @@
 """One jitted train step of ours against one iteration of the official ``trainer_bary.py`` ``train()`` loop.
 
-The fixture ``tests/fixtures/step_parity_official.npz`` (made by ``tests/fixtures/make_step_parity_fixture.py``
-from the official code) holds no weights: both sides start from the parameter pattern of
-:mod:`baryir_jax.convert.pattern` on the reduced official model (dim 48, one block per level, patch 64, 3
-potentials), converted here with our converter. For each of its two batches of 3 patches (one sample per
-potential; all samples on one potential) our step runs once, from that same initial state, the way the training
-loop runs it: :func:`make_train_step` with the default (official) loss and optimizer settings, jitted by
-:func:`jit_train_step` over a 3-device data mesh (one patch per device, so the cross-sample contrastive and
-orthogonality terms run on a sharded batch), the state placed with ``place_replicated``, the batch with
+The fixture ``tests/fixtures/step_parity_official.npz`` (made by ``tests/fixtures/make_step_parity_fixture.py``,
+which runs the unmodified official ``train()`` for one iteration and records it from outside) holds no weights: both
+sides start from the parameter pattern of :mod:`baryir_jax.convert.pattern` on the reduced official model (dim 48,
+one block per level, patch 64, 3 potentials), converted here with our converter. For each of its two batches of 3
+patches (one sample per potential; all samples on one potential) our step runs once, from that same initial state,
+the way the training loop runs it: :func:`make_train_step` with the default (official) loss and optimizer settings,
+jitted by :func:`jit_train_step` over a 3-device data mesh (one patch per device, so the cross-sample contrastive
+and orthogonality terms run on a sharded batch), the state placed with ``place_replicated``, the batch with
 ``host_batch_to_global``.
 
 Compared: every loss term of the step's metrics (1e-4 relative, 1e-6 absolute near zero), the updated values
