@@ -175,28 +175,23 @@ def test_xla_out_of_memory_messages_are_read():
     assert pf.parse_oom("INVALID_ARGUMENT: something else") is None
 
 
-def test_the_largest_batch_is_found_in_few_compiles():
-    """The search on a memory curve with a fixed part, a linear part and a small quadratic one (like the
-    batch-squared contrastive terms): it returns the true largest batch, compiling few batches."""
-    usable = 15.75 * 2**30
+GIB = 2**30
 
-    def memory(b):
-        return 2.1 * 2**30 + 1.6 * 2**30 * b + 0.004 * 2**30 * b * b
 
-    truth = max(b for b in range(1, 100) if memory(b) <= usable)
-    compiled = []
-
-    def attempt(b):
-        compiled.append(b)
-        m = memory(b)
-        return pf.StepFigures(b, None, m) if m > usable else pf.StepFigures(b, _fake_compiled(m))
-
-    fits = lambda f: f.compiled is not None and f.compiled.total <= usable  # noqa: E731
-    need = lambda f: f.compiled.total if f.compiled is not None else f.needed  # noqa: E731
-    best, note = pf._find_max_batch(attempt, fits, need, usable)
-    assert best == truth == 8
-    assert len(compiled) <= 4 and compiled[:2] == [1, 2]
-    assert "through batches" in note
+@pytest.mark.parametrize(
+    "memory, truth",
+    [
+        # a fixed part, a linear part and a small quadratic one (the batch-squared contrastive terms)
+        (lambda b: (2.1 + 1.6 * b + 0.004 * b * b) * GIB, 8),
+        # steeper at small batches (as measured on the tiny step): the first prediction falls short
+        (lambda b: (1 + 3 * min(b, 2) + 1.0 * max(b - 2, 0)) * GIB, 10),
+    ],
+)
+def test_the_largest_batch_is_found_in_few_compiles(memory, truth):
+    usable = 15.75 * GIB
+    assert truth == max(b for b in range(1, 100) if memory(b) <= usable)
+    best, compiled = _search(memory, usable)
+    assert best == truth and compiled[:2] == [1, 2] and len(compiled) <= 5, compiled
 
 
 def _fake_compiled(total):
@@ -212,3 +207,27 @@ def test_bad_arguments_are_one_line_and_exit_status_2(capsys, small_config):
     assert len(err) == 4 and all(line.startswith("baryir-preflight: ") for line in err), err
     assert "unknown TPU type" in err[0] and "no such file" in err[1] and "has no field 'nope'" in err[2]
     assert "does not split over the 16 chips" in err[3]
+
+
+def _search(memory, usable, probes=(1, 2)):
+    """Run the search against a memory curve (bytes per chip as a function of the batch) and a capacity."""
+    compiled = []
+
+    def attempt(b):
+        compiled.append(b)
+        m = memory(b)
+        return pf.StepFigures(b, None, m) if m > usable else pf.StepFigures(b, _fake_compiled(m))
+
+    fits = lambda f: f.compiled is not None and f.compiled.total <= usable  # noqa: E731
+    need = lambda f: f.compiled.total if f.compiled is not None else f.needed  # noqa: E731
+    best, note = pf._find_max_batch(attempt, fits, need, usable, probes=probes)
+    return best, compiled
+
+
+@pytest.mark.parametrize("probes", [(1, 2), (4, 8), (16, 32)])
+def test_the_search_starts_anywhere(probes):
+    line = lambda b: 2.1 * 2**30 + 1.6 * 2**30 * b  # noqa: E731
+    best, compiled = _search(line, 15.75 * 2**30, probes)
+    assert best == 8 and len(compiled) <= 4, compiled
+    assert _search(line, 3.0 * 2**30, probes)[0] == 0  # not even batch 1
+    assert _search(line, 100 * 2**30, probes)[0] == 61

@@ -335,15 +335,27 @@ def compile_train_step(
     return compile_lowered(lower_train_step(experiment_for(config, devices, per_chip_batch)), keep_hlo, options)
 
 
-def cpu_cost(config, per_chip_batch: int, conv_impl: str) -> Compiled:
-    """The same step compiled by XLA:CPU for one CPU device at the same per-device batch and with the same
-    depthwise convolutions (``conv_impl``), for an independent count of its FLOPs (XLA:CPU's cost analysis)."""
+def cpu_cost(config, per_chip_batch: int, tpu_conv_impl: str) -> dict[str, float]:
+    """FLOPs per step of the same step on one CPU device at the same per-device batch, counted by XLA's cost
+    analysis two ways, for an independent check of the TPU count:
+
+    * ``unoptimized``: the step with the TPU's depthwise convolutions (``tpu_conv_impl``) lowered for the CPU,
+      counted before any optimisation (the same arithmetic as the TPU program, as written);
+    * ``compiled``: XLA:CPU's count of its optimised executable of the step ``baryir-train`` would run on this
+      CPU (``conv_impl`` resolved for the CPU: shifted sums). XLA:CPU rewrites native grouped convolutions into
+      far more arithmetic (about 3× the step's FLOPs on the tiny demo step), so that variant is not compiled."""
     import jax
 
-    config = config.copy_and_resolve_references()
-    with config.unlocked():
-        config.model.conv_impl = conv_impl
-    return compile_lowered(lower_train_step(experiment_for(config, jax.devices("cpu")[:1], per_chip_batch)))
+    cpu = jax.devices("cpu")[:1]
+    tpu_like = config.copy_and_resolve_references()
+    with tpu_like.unlocked():
+        tpu_like.model.conv_impl = tpu_conv_impl
+    unoptimized = lower_train_step(experiment_for(tpu_like, cpu, per_chip_batch)).cost_analysis() or {}
+    host = config.copy_and_resolve_references()
+    with host.unlocked():
+        host.model.conv_impl = "auto"
+    compiled = compile_lowered(lower_train_step(experiment_for(host, cpu, per_chip_batch)))
+    return {"unoptimized": float(unoptimized.get("flops", 0.0)), "compiled": compiled.flops}
 
 
 # Image sizes (H, W) of the benchmark test sets (baryir-evaluate; project notes on the data sets): CBSD68 and
@@ -448,6 +460,16 @@ def memory_dict(c: Compiled) -> dict[str, float]:
     }
 
 
+def _num(x) -> str:
+    """Three significant digits, thousands separated: 3,020 / 28.7 / 0.0287."""
+    if x is None:
+        return "–"
+    if x == 0:
+        return "0"
+    digits = max(0, 2 - int(math.floor(math.log10(abs(x)))))
+    return f"{x:,.{digits}f}"
+
+
 def _fmt(x, nd=2):
     return "–" if x is None else f"{x:,.{nd}f}"
 
@@ -475,28 +497,29 @@ def print_table(report: dict[str, Any], out) -> None:
         rows += [
             (
                 "FLOPs per step",
-                f"{rf['flops_per_step_per_chip'] / 1e12:,.3f} TFLOP per chip, "
-                f"{rf['flops_per_step_per_chip'] * r['chips'] / 1e12:,.2f} TFLOP on the slice; "
-                f"{rf['gflop_per_image']:,.1f} GFLOP per image",
+                f"{_num(rf['flops_per_step_per_chip'] / 1e9)} GFLOP per chip, "
+                f"{_num(rf['flops_per_step_per_chip'] * r['chips'] / 1e9)} GFLOP on the slice; "
+                f"{_num(rf['gflop_per_image'])} GFLOP per image",
             ),
             (
                 "HBM traffic",
-                f"{rf['bytes_per_step_per_chip'] / 1e9:,.1f} GB per step per chip; {rf['gb_per_image']:,.2f} GB per "
-                f"image; {_fmt(rf['flop_per_byte'], 1)} FLOP/B (chip: {rf['chip_flop_per_byte']:,.0f})",
+                f"{_num(rf['bytes_per_step_per_chip'] / 1e9)} GB per step per chip; {_num(rf['gb_per_image'])} GB "
+                f"per image; {_num(rf['flop_per_byte'])} FLOP/B (the chip's balance: {rf['chip_flop_per_byte']:,.0f})",
             ),
             (
                 "roofline",
-                f"≥ {rf['roofline_step_s']:.4f} s per step ({rf['bound']}-bound; compute alone "
-                f"{rf['step_s_compute']:.4f} s): ≤ {_fmt(rf['images_per_s_per_chip'], 1)} images/s per chip, "
-                f"≤ {_fmt(rf['images_per_s_per_chip'] * r['chips'], 0)} on the slice",
+                f"≥ {_num(rf['roofline_step_s'])} s per step ({rf['bound']}-bound; compute alone "
+                f"{_num(rf['step_s_compute'])} s): ≤ {_num(rf['images_per_s_per_chip'])} images/s per chip, "
+                f"≤ {_num(rf['images_per_s_per_chip'] * r['chips'])} on the slice",
             ),
         ]
     if r.get("cpu_gflop_per_image") is not None:
+        g, q = r["cpu_gflop_per_image"], r["cpu_vs_tpu_flops"]
         rows.append(
             (
                 "XLA:CPU count",
-                f"{r['cpu_gflop_per_image']:,.1f} GFLOP per image for the same step ({r['cpu_vs_tpu_flops']:.3f}× "
-                "XLA:TPU's)",
+                f"{_num(g['unoptimized'])} GFLOP per image before optimisation ({q['unoptimized']:.3f}× XLA:TPU's), "
+                f"{_num(g['compiled'])} compiled for this CPU ({q['compiled']:.3f}×)",
             )
         )
     if r.get("compiler_options"):
@@ -507,7 +530,7 @@ def print_table(report: dict[str, Any], out) -> None:
         rows.append(
             (
                 f"eval {e['shape'][0]}x{e['shape'][1]}",
-                f"{_fmt(e.get('total_gib'))} GiB per chip, {e.get('gflop', 0):,.0f} GFLOP"
+                f"{_fmt(e.get('total_gib'))} GiB per chip, {_num(e.get('gflop'))} GFLOP, {_num(e.get('gb'))} GB"
                 + ("" if e["fits"] else f" — does NOT fit: {e.get('message', '')}"),
             )
         )
@@ -584,7 +607,8 @@ def run_preflight(
     model_note = None
     largest = None
     if find_max:
-        largest, model_note = _find_max_batch(attempt, fits, need, usable)
+        start = per_chip_batch or 2  # probes: half of it and it (1 and 2 by default)
+        largest, model_note = _find_max_batch(attempt, fits, need, usable, probes=(max(1, start // 2), start))
         per_chip_batch = largest or 1
     shown = attempt(per_chip_batch)
     report: dict[str, Any] = dict(
@@ -618,8 +642,9 @@ def run_preflight(
         if with_cpu_cost:
             log(f"[preflight] compiling the same step for this CPU (per-device batch {per_chip_batch}) ...")
             cc = cpu_cost(config, per_chip_batch, conv)
-            report["cpu_gflop_per_image"] = cc.flops / per_chip_batch / 1e9
-            report["cpu_vs_tpu_flops"] = cc.flops / shown.compiled.flops if shown.compiled.flops else None
+            tpu = shown.compiled.flops
+            report["cpu_gflop_per_image"] = {k: v / per_chip_batch / 1e9 for k, v in cc.items()}
+            report["cpu_vs_tpu_flops"] = {k: (v / tpu if tpu else None) for k, v in cc.items()}
     if find_max:
         report["max_per_chip_batch"] = largest
         report["memory_model"] = model_note or "measured"
@@ -691,7 +716,10 @@ def _find_max_batch(attempt, fits, need, usable: float, probes=(1, 2), max_compi
         best = max(fitting, default=0)
         ceiling = min((b for b, f in tried.items() if not fits(f)), default=None)
         if best == 0:
-            return 0, note
+            if 1 in tried:
+                return 0, note
+            tried[1] = attempt(1)  # the probes were too large: the smallest batch decides
+            continue
         if ceiling is not None and ceiling == best + 1:
             return best, note + f"; {best + 1} compiled and does not fit"
         pts = sorted((b, need(f)) for b, f in tried.items() if need(f) is not None)
@@ -760,9 +788,18 @@ def main(argv=None) -> int:
     p.add_argument(
         "--accelerator", required=True, help="Cloud TPU type: v5e-16 (= v5litepod-16), v6e-8, v4-8, v5p-8, ..."
     )
-    g = p.add_mutually_exclusive_group()
-    g.add_argument("--per-device-batch", type=int, default=None, help="per-chip batch (default: batch_size / chips)")
-    g.add_argument("--find-max-batch", action="store_true", help="find the largest per-chip batch that fits")
+    p.add_argument(
+        "--per-device-batch",
+        type=int,
+        default=None,
+        help="per-chip batch (default: batch_size / chips); with --find-max-batch, where the search starts",
+    )
+    p.add_argument(
+        "--find-max-batch",
+        action="store_true",
+        help="find the largest per-chip batch that fits: compiles N/2 and N (N = --per-device-batch, default 2), "
+        "then the batch where the memory line meets the chip's HBM, until it is confirmed",
+    )
     p.add_argument("--skip-eval", action="store_true", help="do not compile the evaluation forward")
     p.add_argument(
         "--eval-shapes",
