@@ -1,9 +1,10 @@
 """baryir-preflight: the training step compiled for TPU slices through libtpu on this CPU (no TPU needed).
 
-Cost (2-core VM): three XLA:TPU compiles of a reduced tiny step (demo.py:tiny without encoder/decoder blocks,
-patch 16, one task) at the lowest optimisation effort: about 20 s of CPU each for a single-host (v5e-4) and a
-multi-host (v5e-16) slice and about 15 s for a batch that does not fit, plus one CPU lowering; about 2 minutes
-of wall time in all on an idle VM. These tests need libtpu (the tpu extra) and fail, not skip, without it.
+Cost: three XLA:TPU compiles of a reduced tiny step (demo.py:tiny without encoder/decoder blocks, patch 16, one
+task) at the lowest optimisation effort (--fast-compile): about 20 s of CPU each for a single-host (v5e-4) and a
+multi-host (v5e-16) slice and 14 s for a batch that does not fit, plus one CPU lowering. Measured on the 2-core
+VM: 92 s of CPU in all for the three compiling tests. These tests need libtpu (the tpu extra) and fail, not skip,
+without it.
 """
 
 import importlib.util
@@ -93,7 +94,7 @@ def test_the_tpu_executable_uses_the_native_grouped_convolution_and_the_cpu_step
     assert _depthwise_group_counts(pf.lower_train_step(exp).as_text()) == set()
 
 
-def test_a_batch_that_does_not_fit_is_one_line_and_exit_status_1():
+def test_a_batch_that_does_not_fit_is_one_line_and_exit_status_1(small_config):
     r = subprocess.run(
         [
             sys.executable,
