@@ -781,8 +781,10 @@ def _load_config(path: str, overrides: list[str]):
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(
         prog="baryir-preflight",
-        description=__doc__.split("\n\n")[0],
-        epilog="Any --config.KEY=VALUE override of baryir-train is accepted (e.g. --config.dtype=bfloat16).",
+        description="Compile the training step for a named TPU slice on this machine's CPU (needs libtpu: "
+        'pip install -e ".[tpu]") and print the memory per chip, FLOPs, roofline and whether it fits.',
+        epilog="Any --config.KEY=VALUE override of baryir-train is accepted (e.g. --config.dtype=bfloat16). Exit "
+        "status: 0 fits, 1 does not fit, 2 bad arguments or config (or no libtpu), 3 other compiler error.",
     )
     p.add_argument("--config", required=True, help="training config FILE[:variant], as for baryir-train")
     p.add_argument(
@@ -809,7 +811,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--fast-compile",
         action="store_true",
-        help="least XLA effort: about 3x faster, but memory figures are pessimistic (more temporaries)",
+        help="least XLA effort: about 2x faster, but memory figures are pessimistic (more temporaries)",
     )
     p.add_argument(
         "--cpu-cost", action="store_true", help="also compile the step for this CPU and print XLA:CPU's FLOP count"
