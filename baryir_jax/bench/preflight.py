@@ -16,8 +16,9 @@ It prints a table and one JSON line: chips, hosts, per-chip memory (arguments, t
 the chip's HBM, whether it fits, FLOPs and HBM traffic per step and per image (XLA:TPU's cost analysis of the
 compiled step, per chip), a roofline lower bound on the step time from the chip's published peak bf16 FLOP/s and
 HBM bandwidth (:data:`CHIPS`, with their sources), and the images/s ceiling it implies. ``--find-max-batch``
-compiles at two small per-chip batches, fits memory = a + s·batch, compiles the predicted largest batch to
-confirm it, and steps down if it does not fit.
+compiles two per-chip batches, draws memory = a + s·batch through them, compiles the batch where that line meets
+the chip's usable HBM, and redraws the line through the two compiled batches nearest it until its answer is a
+batch already compiled that fits (:func:`_find_max_batch`).
 
 Exit status: 0 the step (and the evaluation forward) fits; 1 it does not fit (one line: "needs X GiB of Y per
 chip; largest that fits: N"); 2 bad arguments or config, or libtpu missing; 3 XLA refused to compile for
