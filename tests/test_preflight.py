@@ -2,9 +2,9 @@
 
 Cost: three XLA:TPU compiles of a reduced tiny step (demo.py:tiny without encoder/decoder blocks, patch 16, one
 task) at the lowest optimisation effort (--fast-compile): about 20 s of CPU each for a single-host (v5e-4) and a
-multi-host (v5e-16) slice and 14 s for a batch that does not fit, plus one CPU lowering. Measured on the 2-core
-VM: 92 s of CPU in all for the three compiling tests. These tests need libtpu (the tpu extra) and fail, not skip,
-without it.
+multi-host (v5e-16) slice and 14 s for a batch that does not fit, plus the evaluation forward at 32x48 and one CPU
+lowering. The whole file, measured on the shared 2-core VM (2026-11-29, other jobs running): 88 s of CPU, 2 min
+16 s of wall time. These tests need libtpu (the tpu extra) and fail, not skip, without it.
 """
 
 import importlib.util
@@ -51,7 +51,7 @@ def reports(small_config):
             pf.parse_accelerator(name),
             2,
             False,
-            [],
+            [(32, 48)] if name == "v5e-4" else [],
             log=lambda msg: None,
             options=pf.FAST_COMPILE_OPTIONS,
             keep_hlo=name == "v5e-4",
@@ -75,6 +75,18 @@ def test_single_and_multi_host_slices_compile_with_the_same_flops_per_image(repo
         assert rf["images_per_s_per_chip"] == pytest.approx(2 / rf["roofline_step_s"])
     # data parallel: each chip runs the same program on its 2 images, whatever the number of hosts
     assert four["roofline"]["gflop_per_image"] == pytest.approx(one["roofline"]["gflop_per_image"], rel=0.01)
+    # baryir-evaluate's whole-image forward, compiled for one chip at a 32x48 bucket
+    (ev,) = one["eval"]
+    assert ev["shape"] == [32, 48] and ev["fits"] and 0 < ev["total_gib"] < one["usable_hbm_gib"] and ev["gflop"] > 0
+
+
+def test_evaluation_buckets_are_the_test_sets_sizes_after_the_official_trim():
+    assert pf.eval_buckets(["derain", "dehaze", "denoise_15", "denoise_25", "denoise_50"]) == [
+        (320, 480),
+        (408, 544),
+        (480, 320),
+    ]
+    assert pf.eval_buckets(["deblur", "lowlight"]) == [(400, 600), (720, 1280)]
 
 
 def _depthwise_group_counts(hlo: str) -> set[int]:
