@@ -32,6 +32,9 @@ def base_config() -> ml_collections.ConfigDict:
             ffn_expansion_factor=2.66,
             bary_blocks=-1,
             residual_scale=0.8,
+            # depthwise convolutions: 'auto' (from the devices the step is compiled for: shifted sums on CPUs,
+            # XLA's grouped convolution on TPUs/GPUs), 'native' or 'shifted'. Same function; speed only.
+            conv_impl="auto",
         )
     )
 

@@ -26,6 +26,20 @@ EOF
 
 die() { echo "gpu_host.sh: $*" >&2; exit 2; }
 need_value() { [ $# -ge 2 ] && [ -n "$2" ] || die "$1 needs a value (see --help)"; }
+# The Python that baryir-train runs with (its #! line, or the python beside it in a virtual environment):
+# baryir_jax needs >= 3.11. Says nothing when it cannot tell (no baryir-train yet, an unusual launcher).
+check_python() {
+  local exe py ver
+  exe=$(command -v baryir-train 2>/dev/null) || return 0
+  py=$(head -n 1 "$exe" | sed -n 's/^#![[:space:]]*\([^[:space:]]*\).*/\1/p')
+  case "${py##*/}" in python*) ;; *) py="$(dirname "$exe")/python" ;; esac
+  [ -x "$py" ] || return 0
+  ver=$("$py" -c 'import sys; print("%d.%d" % sys.version_info[:2])' 2>/dev/null) || return 0
+  case "$ver" in
+    3.1[1-9]|3.[2-9][0-9]) ;;
+    *) die "$exe runs on $py, which is Python $ver; baryir_jax needs Python >= 3.11: make an environment with one (e.g. uv venv --python 3.12 ~/baryir-venv) and pip install -e \".[cuda]\" in it" ;;
+  esac
+}
 
 workdir="" config="configs/three_task.py" data_dir="" gpus="" per_gpu=3 bf16=0 dry_run=0
 extra=()
@@ -62,8 +76,9 @@ else
 fi
 
 if [ "$dry_run" -eq 0 ] && ! command -v baryir-train >/dev/null 2>&1; then
-  die "baryir-train not found: install the package first (pip install -e \".[cuda]\")"
+  die "baryir-train not found: install the package first (Python >= 3.11; pip install -e \".[cuda]\")"
 fi
+check_python
 
 cmd=(baryir-train --config="$config" --workdir="$workdir")
 [ -n "$data_dir" ] && cmd+=(--config.data.data_dir="$data_dir")

@@ -127,6 +127,8 @@ def test_batches_have_the_contract_shapes_and_ids(prepared):
         np.testing.assert_allclose(b[k] * 255, np.round(b[k] * 255), atol=1e-3)  # 8-bit values
     assert b["degradation_id"].dtype == np.int32 and b["degradation_id"].shape == (8,)
     assert set(b["degradation_id"].tolist()) <= {0, 1, 2, 3, 4, 5, 6}
+    # the spec the preflight compiles the step for, without data
+    assert {k: (v.shape, v.dtype) for k, v in b.items()} == pl.train_batch_spec(8, 32)
 
 
 def test_degraded_and_clean_share_crop_and_augmentation(prepared):

@@ -21,3 +21,24 @@ def test_round_trip_through_a_relative_path(tmp_path, monkeypatch):
     _, got, pots, pot_params, meta = load_model_checkpoint("out/model")
     np.testing.assert_array_equal(got["w"], params["w"])
     assert pots is None and pot_params is None and meta["barynet"]["num_blocks"] == [1, 1, 1, 1]
+
+
+def test_loaded_models_compute_depthwise_convolutions_for_this_host(tmp_path):
+    """conv_impl is where the model runs, not what was trained: never written to model_config.json, resolved from
+    jax.devices() (CPU here) on load, whatever an older or hand-written model_config.json says."""
+    import json
+
+    from baryir_jax.evaluate.checkpoint import load_restorer, numpy_init
+    from baryir_jax.models import BaryNet
+
+    tiny = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 1, 1))
+    d = tmp_path / "model"
+    save_model_checkpoint(str(d), numpy_init(BaryNet(**tiny), 0), tiny)
+    assert "conv_impl" not in json.loads((d / "model_config.json").read_text())["barynet"]
+    assert load_model_checkpoint(str(d))[0].conv_impl == "shifted"
+    assert load_model_checkpoint(str(d), conv_impl="native")[0].conv_impl == "native"
+    assert load_restorer(str(d)).module.conv_impl == "shifted"
+    meta = json.loads((d / "model_config.json").read_text())
+    meta["barynet"]["conv_impl"] = "native"  # as a TPU run might have written it
+    (d / "model_config.json").write_text(json.dumps(meta))
+    assert load_model_checkpoint(str(d))[0].conv_impl == "shifted"

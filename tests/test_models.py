@@ -129,3 +129,53 @@ def test_cpu_depthwise_conv_value_and_gradients_match_the_native_grouped_convolu
     for a, b in zip(ours, ref):
         assert a.dtype == b.dtype
         np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=tol * 4, rtol=tol)
+
+
+def _depthwise_group_counts(hlo: str) -> set[int]:
+    """feature_group_count of every grouped convolution in an HLO/StableHLO text, leaving out the potentials'
+    4-group convolution (what remains are BaryNet's depthwise convolutions, 3·dim, 2·hidden, ... groups)."""
+    import re
+
+    counts = {int(n) for n in re.findall(r"feature_group_count\s*=\s*(\d+)", hlo)}
+    return counts - {1, 4}
+
+
+def test_conv_impl_auto_follows_the_devices_not_the_host():
+    from baryir_jax.models.layers import resolve_conv_impl
+
+    class Dev:
+        def __init__(self, platform):
+            self.platform = platform
+
+    assert resolve_conv_impl("auto", jax.devices()) == "shifted"  # the CPU devices of this test run
+    assert resolve_conv_impl("auto", [Dev("tpu"), Dev("tpu")]) == "native"
+    assert resolve_conv_impl("auto", [Dev("gpu")]) == "native"
+    assert resolve_conv_impl("native", jax.devices()) == "native"
+    assert resolve_conv_impl("shifted", [Dev("tpu")]) == "shifted"
+    with pytest.raises(ValueError, match="must be 'auto', 'native' or 'shifted', got 'fast'"):
+        resolve_conv_impl("fast", jax.devices())
+    with pytest.raises(ValueError, match="one platform"):
+        resolve_conv_impl("auto", [Dev("tpu"), Dev("cpu")])
+    with pytest.raises(ValueError, match="'auto' is resolved by resolve_conv_impl"):
+        BaryNet(**TINY, conv_impl="auto").init(jax.random.key(0), jnp.zeros((1, 8, 8, 3)))
+
+
+def test_cpu_training_step_uses_the_shifted_sums_and_native_when_asked():
+    """The step baryir-train lowers on this CPU mesh has no depthwise grouped convolution (config 'auto'), and
+    has them with conv_impl='native'. (Lowering only: about 10 s.)"""
+    from baryir_jax.bench.preflight import lower_train_step
+    from baryir_jax.config import ConfigError
+    from baryir_jax.evaluate.checkpoint import load_config
+    from baryir_jax.train.loop import Experiment
+
+    c = load_config("configs/demo.py:tiny")
+    c.data.patch_size = 16
+    exp = Experiment(c, ".", with_data=False)
+    assert exp.barynet.conv_impl == "shifted"
+    assert _depthwise_group_counts(lower_train_step(exp).as_text()) == set()
+    c.model.conv_impl = "native"
+    exp = Experiment(c, ".", with_data=False)
+    assert 3 * c.model.dim in _depthwise_group_counts(lower_train_step(exp).as_text())
+    c.model.conv_impl = "cuda"
+    with pytest.raises(ConfigError, match="config.model.conv_impl: conv_impl must be"):
+        Experiment(c, ".", with_data=False)

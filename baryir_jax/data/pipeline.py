@@ -225,6 +225,14 @@ def _by(m: Mixture, by: str) -> dict:
 # ---------------------------------------------------------------------------------------------------------
 # Per-example work
 # ---------------------------------------------------------------------------------------------------------
+def train_batch_spec(global_batch_size: int, patch_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """Shape and dtype of every leaf of a global training batch (what the module docstring promises and the
+    pipeline yields, all processes together): ``{'degraded': ((B, P, P, 3), float32), 'clean': …,
+    'degradation_id': ((B,), int32)}``. The preflight compiles the step for these without reading data."""
+    image = ((int(global_batch_size), int(patch_size), int(patch_size), 3), np.dtype(np.float32))
+    return {"degraded": image, "clean": image, "degradation_id": ((int(global_batch_size),), np.dtype(np.int32))}
+
+
 def random_patch(images: Sequence[np.ndarray], patch: int, rng: np.random.Generator) -> list[np.ndarray]:
     """Official crop: base-16 centre crop, then one random `patch²` window at the same place in every image.
     Images that would be smaller than the patch are padded symmetrically (bottom/right) instead of cropped."""

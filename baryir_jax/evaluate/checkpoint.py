@@ -28,6 +28,7 @@ import numpy as np
 
 from baryir_jax.evaluate import metrics
 from baryir_jax.models import BaryNet
+from baryir_jax.models.layers import resolve_conv_impl
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
@@ -297,7 +298,11 @@ def load_restorer(checkpoint: str, config=None, dtype: str | None = None) -> Res
         params = tree.get("barynet", tree) if isinstance(tree, dict) else tree
         meta = {"barynet": cfg_model}
     want = dtype if dtype is not None else (cfg_dtype if cfg_dtype is not None else module.dtype)
-    module = module.clone(dtype=resolve_dtype(want))
+    try:  # the depthwise convolutions for the devices this process runs on (config.model.conv_impl, or auto)
+        impl = resolve_conv_impl(str(cfg_model.get("conv_impl", "auto")), jax.devices())
+    except ValueError as e:
+        raise CheckpointError(f"config.model.conv_impl: {e}") from None
+    module = module.clone(dtype=resolve_dtype(want), conv_impl=impl)
     _check_params(module, params, directory)
     return Restorer(module, params, meta, directory)
 

@@ -64,6 +64,10 @@ class BaryNet(nn.Module):
     bary_blocks: int | None = None  # depth of T_θ; None = num_blocks[3], as in the official code
     residual_scale: float = 0.8
     dtype: Dtype = jnp.float32  # compute dtype; parameters are always float32
+    # How the depthwise convolutions are computed: 'native' (XLA's grouped convolution: TPU, GPU) or 'shifted'
+    # (shifted sums: XLA:CPU). Same function. Callers choose it for the devices they compile for
+    # (models.layers.resolve_conv_impl); it is not part of the architecture and model_config.json omits it.
+    conv_impl: str = "native"
 
     def _blocks(self, x, n, dim, heads, prefix):
         for i in range(n):
@@ -74,6 +78,7 @@ class BaryNet(nn.Module):
                 self.use_bias,
                 self.layernorm_type == "WithBias",
                 self.dtype,
+                conv_impl=self.conv_impl,
                 name=f"{prefix}_{i}",
             )(x)
         return x
@@ -86,6 +91,7 @@ class BaryNet(nn.Module):
             self.use_bias,
             self.layernorm_type == "WithBias",
             self.dtype,
+            conv_impl=self.conv_impl,
             name=name,
         )(x)
 

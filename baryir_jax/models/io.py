@@ -17,6 +17,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 
 from baryir_jax.models.barynet import BaryNet
+from baryir_jax.models.layers import resolve_conv_impl
 from baryir_jax.models.potentials import Potentials
 
 CONFIG_FILE = "model_config.json"
@@ -56,8 +57,12 @@ def save_model_checkpoint(
     return os.fspath(directory)
 
 
-def load_model_checkpoint(directory: str):
-    """Returns ``(barynet, barynet_params, potentials or None, potentials_params or None, meta)``."""
+def load_model_checkpoint(directory: str, conv_impl: str = "auto"):
+    """Returns ``(barynet, barynet_params, potentials or None, potentials_params or None, meta)``.
+
+    ``conv_impl`` is how the returned BaryNet computes its depthwise convolutions ('auto': for ``jax.devices()``,
+    the devices it will run on; see :func:`baryir_jax.models.layers.resolve_conv_impl`). It is not read from
+    ``model_config.json``: it depends on where the model runs, not on what was trained."""
     directory = as_path(directory)
     cfg_path = directory / CONFIG_FILE
     params_dir = directory / PARAMS_DIR
@@ -69,7 +74,9 @@ def load_model_checkpoint(directory: str):
     meta = json.loads(cfg_path.read_text())
     with ocp.StandardCheckpointer() as ckptr:
         tree = ckptr.restore(params_dir)
-    barynet = BaryNet(**_module_kwargs(meta["barynet"]))
+    kwargs = _module_kwargs(meta["barynet"])
+    kwargs.pop("conv_impl", None)  # a host setting, not the architecture (older exports never wrote it)
+    barynet = BaryNet(**kwargs, conv_impl=resolve_conv_impl(conv_impl, jax.devices()))
     pots = None
     if meta.get("potentials") and "potentials" in tree:
         pots = Potentials(**meta["potentials"])

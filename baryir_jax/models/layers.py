@@ -14,6 +14,31 @@ import jax.numpy as jnp
 
 Dtype = Any
 
+# How the k×k depthwise convolutions are computed (``conv_impl`` of the modules below): 'native' is XLA's grouped
+# convolution (what TPUs and GPUs run best), 'shifted' the sum of k² shifted copies with a hand-written gradient
+# (what XLA:CPU runs best). Both compute the same function. Configs may also say 'auto', which
+# :func:`resolve_conv_impl` turns into one of these from the devices the step is compiled for.
+CONV_IMPLS = ("native", "shifted")
+
+
+def resolve_conv_impl(setting: str, devices) -> str:
+    """The depthwise-convolution implementation for a step compiled for ``devices`` (``jax.Device``s of one
+    platform, e.g. a mesh's devices, or TPU devices of ``jax.experimental.topologies`` on a CPU host).
+
+    ``setting``: 'auto' → 'shifted' when the devices are CPUs, else 'native'; 'native' or 'shifted' are returned
+    as they are. Raises ValueError for any other value or for devices of mixed platforms. The tracing host's
+    backend plays no part: a TPU step traced on a CPU host gets the native grouped convolution.
+    """
+    if setting in CONV_IMPLS:
+        return setting
+    if setting != "auto":
+        raise ValueError(f"conv_impl must be 'auto', 'native' or 'shifted', got {setting!r}")
+    platforms = {d.platform for d in devices}
+    if len(platforms) != 1:
+        raise ValueError(f"conv_impl 'auto' needs devices of one platform, got {sorted(platforms) or 'none'}")
+    return "shifted" if platforms == {"cpu"} else "native"
+
+
 # PyTorch's default init for Conv2d/Linear weights (kaiming_uniform with a=sqrt(5)) is U(±1/sqrt(fan_in)).
 torch_default_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
 
@@ -57,15 +82,17 @@ def conv2d(
     dtype: Dtype = jnp.float32,
     name: str,
     kernel_init: Any = torch_default_kernel_init,
+    conv_impl: str = "native",
 ):
     """A 2-D convolution with PyTorch's semantics (symmetric explicit padding, default init), applied to ``x``.
 
     Must be called inside a compact Flax method; the parameters are ``{name}/kernel`` (HWIO) and, with
-    ``use_bias``, ``{name}/bias``.
+    ``use_bias``, ``{name}/bias``. ``conv_impl`` ('native' | 'shifted') is how a bias-free 'same' depthwise
+    convolution is computed (:class:`DepthwiseConv`); other convolutions ignore it.
     """
     k, p = kernel_size, padding
     if groups == x.shape[-1] == features and stride == 1 and 2 * p == k - 1 and not use_bias:
-        return DepthwiseConv(k, dtype=dtype, kernel_init=kernel_init, name=name)(x)
+        return DepthwiseConv(k, dtype=dtype, kernel_init=kernel_init, impl=conv_impl, name=name)(x)
     if k == 1 and p == 0 and stride == 1 and groups == 1 and not use_bias:
         return PointwiseConv(features, dtype=dtype, kernel_init=kernel_init, name=name)(x)
     return nn.Conv(
@@ -99,21 +126,29 @@ class PointwiseConv(nn.Module):
 class DepthwiseConv(nn.Module):
     """A bias-free k×k depthwise convolution with 'same' padding; kernel (k, k, 1, C) as ``nn.Conv``'s.
 
-    XLA's CPU backend runs grouped convolutions (and their gradients) far slower than everything else in
-    Restormer, so on CPU it is computed as a sum of k² shifted, channel-scaled copies of the input, which XLA
-    fuses into one loop; other backends use the native grouped convolution. Same function either way.
+    ``impl='native'``: XLA's grouped convolution (``feature_group_count = C``), for TPUs and GPUs.
+    ``impl='shifted'``: a sum of k² shifted, channel-scaled copies of the input, which XLA fuses into one loop,
+    with a hand-written gradient; XLA's CPU backend runs grouped convolutions (and their gradients) far slower
+    than everything else in Restormer. Same function either way. The choice is explicit, never taken from the
+    backend of the tracing host (see :func:`resolve_conv_impl`).
     """
 
     kernel_size: int = 3
     dtype: Dtype = jnp.float32
     kernel_init: Any = torch_default_kernel_init
+    impl: str = "native"
 
     @nn.compact
     def __call__(self, x):
+        if self.impl not in CONV_IMPLS:
+            raise ValueError(
+                f"DepthwiseConv: impl must be one of {CONV_IMPLS}, got {self.impl!r} ('auto' is resolved by "
+                "resolve_conv_impl before the model is built)"
+            )
         k, c = self.kernel_size, x.shape[-1]
         kernel = self.param("kernel", self.kernel_init, (k, k, 1, c), jnp.float32).astype(self.dtype)
         x = x.astype(self.dtype)
-        if jax.default_backend() != "cpu":
+        if self.impl == "native":
             p = (k - 1) // 2
             return jax.lax.conv_general_dilated(
                 x, kernel, (1, 1), ((p, p), (p, p)), dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=c
@@ -215,6 +250,7 @@ class MDTA(nn.Module):
     num_heads: int
     use_bias: bool = False
     dtype: Dtype = jnp.float32
+    conv_impl: str = "native"  # depthwise convolution: 'native' | 'shifted' (DepthwiseConv)
 
     @nn.compact
     def __call__(self, x):
@@ -224,7 +260,15 @@ class MDTA(nn.Module):
         temperature = self.param("temperature", nn.initializers.ones, (self.num_heads,), jnp.float32)
         qkv = conv2d(x, 3 * c, 1, use_bias=self.use_bias, dtype=self.dtype, name="qkv")
         qkv = conv2d(
-            qkv, 3 * c, 3, padding=1, groups=3 * c, use_bias=self.use_bias, dtype=self.dtype, name="qkv_dwconv"
+            qkv,
+            3 * c,
+            3,
+            padding=1,
+            groups=3 * c,
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            name="qkv_dwconv",
+            conv_impl=self.conv_impl,
         )
         q, k, v = jnp.split(qkv, 3, axis=-1)
         ch = c // self.num_heads
@@ -245,13 +289,22 @@ class GDFN(nn.Module):
     ffn_expansion_factor: float = 2.66
     use_bias: bool = False
     dtype: Dtype = jnp.float32
+    conv_impl: str = "native"  # depthwise convolution: 'native' | 'shifted' (DepthwiseConv)
 
     @nn.compact
     def __call__(self, x):
         hidden = int(self.dim * self.ffn_expansion_factor)
         x = conv2d(x, 2 * hidden, 1, use_bias=self.use_bias, dtype=self.dtype, name="project_in")
         x = conv2d(
-            x, 2 * hidden, 3, padding=1, groups=2 * hidden, use_bias=self.use_bias, dtype=self.dtype, name="dwconv"
+            x,
+            2 * hidden,
+            3,
+            padding=1,
+            groups=2 * hidden,
+            use_bias=self.use_bias,
+            dtype=self.dtype,
+            name="dwconv",
+            conv_impl=self.conv_impl,
         )
         x1, x2 = jnp.split(x, 2, axis=-1)
         x = jax.nn.gelu(x1, approximate=False) * x2
@@ -267,14 +320,17 @@ class TransformerBlock(nn.Module):
     use_bias: bool = False
     layernorm_with_bias: bool = True
     dtype: Dtype = jnp.float32
+    conv_impl: str = "native"  # depthwise convolution: 'native' | 'shifted' (DepthwiseConv)
 
     @nn.compact
     def __call__(self, x):
         if x.shape[-1] != self.dim:
             raise ValueError(f"TransformerBlock({self.dim}) got {x.shape[-1]} channels")
         ln = lambda name: LayerNorm(self.layernorm_with_bias, dtype=self.dtype, name=name)  # noqa: E731
-        x = x + MDTA(self.dim, self.num_heads, self.use_bias, self.dtype, name="attn")(ln("norm1")(x))
-        x = x + GDFN(self.dim, self.ffn_expansion_factor, self.use_bias, self.dtype, name="ffn")(ln("norm2")(x))
+        attn = MDTA(self.dim, self.num_heads, self.use_bias, self.dtype, conv_impl=self.conv_impl, name="attn")
+        ffn = GDFN(self.dim, self.ffn_expansion_factor, self.use_bias, self.dtype, conv_impl=self.conv_impl, name="ffn")
+        x = x + attn(ln("norm1")(x))
+        x = x + ffn(ln("norm2")(x))
         return x
 
 

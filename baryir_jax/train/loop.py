@@ -65,8 +65,11 @@ class _Preemption:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def make_mesh() -> Mesh:
-    return Mesh(np.array(jax.devices()), ("data",), axis_types=(AxisType.Auto,))
+def make_mesh(devices=None) -> Mesh:
+    """The 1-D data-parallel mesh over ``devices`` (default: every device of every process). The preflight
+    passes the devices of a TPU topology to compile for a slice it does not have."""
+    devices = jax.devices() if devices is None else devices
+    return Mesh(np.array(devices), ("data",), axis_types=(AxisType.Auto,))
 
 
 def resolve_data_dir(config, workdir: str) -> str:
@@ -112,9 +115,9 @@ def ensure_embedded_prepared(data_dir: str) -> None:
 class Experiment:
     """Everything the loop needs, built from a config (also used by the benchmarks and tests)."""
 
-    def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, with_data: bool = True):
+    def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, with_data: bool = True, mesh=None):
         self.config, self.workdir = config, workdir
-        self.mesh = make_mesh()
+        self.mesh = make_mesh() if mesh is None else mesh  # the preflight passes a TPU topology's mesh
         n_dev = self.mesh.devices.size
         gb = int(config.data.batch_size)
         if gb % n_dev:
@@ -148,7 +151,9 @@ class Experiment:
         self.steps_per_epoch = max(total // gb, 1)
         t = config.train
         self.num_steps = int(t.num_steps) if int(t.num_steps) > 0 else int(t.num_epochs) * self.steps_per_epoch
-        self.barynet, self.potentials = state_lib.build_models(config, self.index.num_potentials)
+        self.barynet, self.potentials = state_lib.build_models(
+            config, self.index.num_potentials, devices=list(self.mesh.devices.flat)
+        )
         two = config.loss.potential_update == "two_step" and config.loss.congruence == "penalty"
         self.restorer_tx, self.potentials_tx = state_lib.make_optimizers(config, self.steps_per_epoch, 2 if two else 1)
         self.train_step = step_lib.make_train_step(

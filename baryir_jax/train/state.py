@@ -11,6 +11,7 @@ import optax
 
 from baryir_jax.config import ConfigError
 from baryir_jax.models import BaryNet, Potentials
+from baryir_jax.models.layers import resolve_conv_impl
 from baryir_jax.transport.game import GameState
 
 PyTree = Any
@@ -62,8 +63,20 @@ def compute_dtype(config) -> Any:
     return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
 
 
-def build_models(config, num_potentials: int) -> tuple[BaryNet, Potentials]:
-    barynet = BaryNet(**barynet_kwargs(config), dtype=compute_dtype(config))
+def conv_impl(config, devices=None) -> str:
+    """``config.model.conv_impl`` for a step compiled for ``devices`` (default ``jax.devices()``): 'auto' becomes
+    'shifted' for CPUs and 'native' for TPUs/GPUs (:func:`baryir_jax.models.layers.resolve_conv_impl`)."""
+    setting = str(config.model.get("conv_impl", "auto"))
+    try:
+        return resolve_conv_impl(setting, jax.devices() if devices is None else devices)
+    except ValueError as e:
+        raise ConfigError(f"config.model.conv_impl: {e}") from None
+
+
+def build_models(config, num_potentials: int, devices=None) -> tuple[BaryNet, Potentials]:
+    """BaryNet and the potentials of ``config``, their depthwise convolutions chosen for ``devices`` (the devices
+    of the mesh the step is compiled for; default ``jax.devices()``)."""
+    barynet = BaryNet(**barynet_kwargs(config), dtype=compute_dtype(config), conv_impl=conv_impl(config, devices))
     potentials = Potentials(
         num_potentials=num_potentials, channels=8 * int(config.model.dim), patch_size=int(config.data.patch_size)
     )
