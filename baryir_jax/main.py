@@ -4,9 +4,17 @@
     baryir-train --config=configs/three_task.py --workdir=runs/3d --config.data.data_dir=DATA \
         --config.data.batch_size=24 --config.dtype=bfloat16
 
-The resolved config is written to WORKDIR/config.json; rerunning the same command resumes from the newest
-checkpoint in WORKDIR. Multi-process jobs (TPU pods, several GPU hosts) call ``jax.distributed.initialize``:
-automatically on TPU VMs and under SLURM, or with --coordinator_address/--num_processes/--process_id.
+Every config field is checked before anything is built. Rerunning the same command resumes from the newest
+checkpoint in WORKDIR that restores and is finite; settings that a resumed run must keep are compared with the
+checkpoint's first (``baryir_jax.train.workdir``). The resolved config is written to WORKDIR/config.json (and
+WORKDIR/config_history/) once the run is known to start or resume. Multi-process jobs (TPU pods, several GPU
+hosts) call ``jax.distributed.initialize``: automatically on multi-host TPU slices and in SLURM job steps that srun
+launched with several tasks, or with --coordinator_address/--num_processes/--process_id.
+
+Exit codes: 0 done (or preempted by SIGTERM after saving); 2 a config value that cannot work, data not prepared,
+settings a resumed run must keep, or a workdir whose checkpoints all fail to restore (one line on stderr saying
+what to do); 3 training diverged (NaN/inf; nothing non-finite was saved); 4 the processes of a multi-process job
+did not meet (one line naming the coordinator, and --distributed=no to train as one process).
 """
 
 from __future__ import annotations
@@ -28,7 +36,14 @@ flags.DEFINE_enum(
     "auto",
     ["auto", "yes", "no"],
     "Call jax.distributed.initialize: 'auto' = when a coordinator is configured (flags, "
-    "JAX_COORDINATOR_ADDRESS, SLURM, TPU pod slice).",
+    "JAX_COORDINATOR_ADDRESS), in a SLURM job step srun launched with several tasks, or on a multi-host TPU "
+    "slice; 'no' = train as one process.",
+)
+flags.DEFINE_integer(
+    "distributed_timeout",
+    300,
+    "Seconds the processes of a multi-process job wait for each other at the coordinator before giving up "
+    "(exit code 4).",
 )
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process GPU/CPU jobs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process job.")
@@ -36,14 +51,132 @@ flags.DEFINE_integer("process_id", None, "This process's index in a multi-proces
 flags.mark_flags_as_required(["config", "workdir"])
 
 
-def _want_distributed() -> bool:
-    if FLAGS.distributed != "auto":
-        return FLAGS.distributed == "yes"
-    if FLAGS.coordinator_address or os.environ.get("JAX_COORDINATOR_ADDRESS"):
-        return True
-    if int(os.environ.get("SLURM_NTASKS", "1")) > 1:
-        return True
-    return bool(os.environ.get("TPU_WORKER_HOSTNAMES", "").count(","))  # a multi-host TPU slice
+log = logging.getLogger("baryir_jax.main")
+
+
+def _int_env(env, name: str) -> int | None:
+    v = env.get(name, "")
+    return int(v) if v.strip().isdigit() else None
+
+
+def _tasks_on_this_node(env) -> int | None:
+    """This node's task count in the SLURM step (SLURM_STEP_TASKS_PER_NODE, e.g. '2(x3),1', and SLURM_NODEID)."""
+    spec, node = env.get("SLURM_STEP_TASKS_PER_NODE", ""), _int_env(env, "SLURM_NODEID")
+    counts: list[int] = []
+    for part in filter(None, spec.split(",")):
+        n, _, reps = part.partition("(x")
+        if not n.isdigit() or (reps and not reps.rstrip(")").isdigit()):
+            return None
+        counts += [int(n)] * (int(reps.rstrip(")")) if reps else 1)
+    return counts[node] if node is not None and node < len(counts) else None
+
+
+def _distributed_plan(env=os.environ) -> tuple[dict | None, str]:
+    """(keyword arguments for ``jax.distributed.initialize``, or None to train as one process; a warning).
+
+    SLURM: only processes that srun launched as the tasks of a job step (SLURM_STEP_ID and SLURM_PROCID set, the
+    step's task count in SLURM_STEP_NUM_TASKS) form a multi-process job. ``baryir-train`` started directly in a
+    batch script or an salloc shell of a several-task allocation is one process, not task 0 of N that waits for
+    N − 1 others that will never come.
+    """
+    if FLAGS.distributed == "no":
+        return None, ""
+    coordinator = FLAGS.coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
+    given = dict(coordinator_address=coordinator, num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    kwargs = {k: v for k, v in given.items() if v is not None}
+    if coordinator:
+        if len(kwargs) == 3:  # all given: every device of this host (JAX's SLURM detection would keep one GPU)
+            kwargs["cluster_detection_method"] = "deactivate"
+        return kwargs, ""
+    in_step = all(k in env for k in ("SLURM_JOB_ID", "SLURM_STEP_ID", "SLURM_PROCID"))
+    step_tasks = (_int_env(env, "SLURM_STEP_NUM_TASKS") or _int_env(env, "SLURM_NTASKS")) if in_step else None
+    if in_step and step_tasks and step_tasks > 1:
+        kwargs.setdefault("num_processes", step_tasks)
+        kwargs.setdefault("process_id", _int_env(env, "SLURM_PROCID"))
+        if (_tasks_on_this_node(env) or 1) == 1:  # one task per node drives all of its devices
+            kwargs["local_device_ids"] = None
+            kwargs["cluster_detection_method"] = "slurm"
+        return kwargs, ""
+    allocated = _int_env(env, "SLURM_NTASKS") or 1
+    if "SLURM_JOB_ID" in env and allocated > 1 and FLAGS.distributed == "auto":
+        return None, (
+            f"this SLURM allocation has {allocated} tasks, but baryir-train was not launched by srun as its tasks "
+            "(no SLURM_STEP_ID/SLURM_PROCID): training as one process. To train on every task, run it with srun "
+            "(launch/slurm_multinode.sbatch does)"
+        )
+    if FLAGS.distributed == "yes" or env.get("TPU_WORKER_HOSTNAMES", "").count(","):  # or a multi-host TPU slice
+        return kwargs, ""
+    return None, ""
+
+
+def _fill_in(kwargs: dict, timeout_s: int) -> dict:
+    """The coordinator, process count and id JAX would detect (to say where we wait); unchanged on failure."""
+    if all(k in kwargs for k in ("coordinator_address", "num_processes", "process_id")):
+        return kwargs
+    try:
+        from jax._src import clusters
+
+        method = kwargs.get("cluster_detection_method")
+        addr, n, pid, local = clusters.ClusterEnv.auto_detect_unset_distributed_params(
+            kwargs.get("coordinator_address"),
+            kwargs.get("num_processes"),
+            kwargs.get("process_id"),
+            kwargs.get("local_device_ids"),
+            method if method != "deactivate" else None,
+            timeout_s,
+        )
+    except Exception:  # noqa: BLE001  (a private JAX helper: initialize() detects again and says what is missing)
+        return kwargs
+    out = dict(kwargs, coordinator_address=addr, num_processes=n, process_id=pid)
+    if "local_device_ids" not in kwargs:
+        out["local_device_ids"] = local
+    out.pop("cluster_detection_method", None)
+    if out.get("local_device_ids") is None:
+        out["cluster_detection_method"] = "deactivate"  # everything is given: detect nothing more
+    return {k: v for k, v in out.items() if v is not None or k == "local_device_ids"}
+
+
+def _initialize_distributed(jax, kwargs: dict, timeout_s: int) -> None:
+    """``jax.distributed.initialize`` that says where it waits, and fails with one line (exit 4) instead of a
+    traceback or JAX's abort after its own timeout."""
+    import threading
+
+    kwargs = _fill_in(kwargs, timeout_s)
+    addr = kwargs.get("coordinator_address") or "the auto-detected coordinator"
+    n = kwargs.get("num_processes") or "all"
+    pid = kwargs.get("process_id", "?")
+    log.info(
+        "waiting for %s processes at %s (this is process %s; giving up after %d s, --distributed_timeout)",
+        n,
+        addr,
+        pid,
+        timeout_s,
+    )
+    fix = (
+        "start every process of the job with the same coordinator (srun, launch/slurm_multinode.sbatch, "
+        "launch/tpu_pod.sh), raise --distributed_timeout, or train as one process with --distributed=no"
+    )
+    met = threading.Event()
+
+    def watchdog():  # JAX's client aborts the process (SIGABRT) when its own timeout passes
+        if not met.wait(timeout_s):
+            print(
+                f"baryir-train: the {n} processes of this job did not all reach the coordinator {addr} within "
+                f"{timeout_s} s (this is process {pid}); {fix}",
+                file=sys.stderr,
+                flush=True,
+            )
+            os._exit(4)
+
+    threading.Thread(target=watchdog, name="baryir-distributed-timeout", daemon=True).start()
+    try:
+        jax.distributed.initialize(**kwargs, initialization_timeout=timeout_s + 60)
+    except Exception as e:  # noqa: BLE001  (bad or missing settings, a port in use: one line)
+        met.set()
+        cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        print(f"baryir-train: jax.distributed.initialize failed at {addr}: {cause}; {fix}", file=sys.stderr)
+        sys.exit(4)
+    met.set()
 
 
 class _QuietLibraries(logging.Filter):
@@ -68,20 +201,20 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     _setup_logging()
+    from baryir_jax.config import ConfigError, validate
+
+    try:
+        validate(FLAGS.config)  # every field, before any process waits for others or anything compiles
+    except ConfigError as e:
+        print(f"baryir-train: {e}", file=sys.stderr)
+        sys.exit(2)
     import jax
 
-    if _want_distributed():
-        kwargs = {
-            k: v
-            for k, v in dict(
-                coordinator_address=FLAGS.coordinator_address,
-                num_processes=FLAGS.num_processes,
-                process_id=FLAGS.process_id,
-            ).items()
-            if v is not None
-        }
-        jax.distributed.initialize(**kwargs)
-    from baryir_jax.config import ConfigError
+    kwargs, warning = _distributed_plan()
+    if warning:
+        log.warning("%s", warning)
+    if kwargs is not None:
+        _initialize_distributed(jax, kwargs, int(FLAGS.distributed_timeout))
     from baryir_jax.data.report import DataError
     from baryir_jax.train.loop import NonFiniteLossError, train_and_evaluate
 

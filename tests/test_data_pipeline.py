@@ -204,6 +204,24 @@ def test_resume_from_orbax_checkpoint_yields_the_same_batches(prepared, tmp_path
     mngr.close()
 
 
+def test_start_index_resumes_whatever_the_worker_and_process_counts(prepared):
+    """The portable data position (examples consumed): one process with 2 workers, or two processes, started
+    at example 8 give the batches that follow the first two of an uninterrupted single-process stream."""
+    kw = dict(seed=11, with_entry_index=True, global_batch_size=4)
+    expected = take(make(prepared, THREE_D, **kw), 4)[2:]
+    it = iter(make(prepared, THREE_D, start_index=8, worker_count=2, worker_buffer_size=1, **kw))
+    try:
+        assert_same(take(it, 2), expected)
+    finally:
+        it.close()
+    halves = [take(make(prepared, THREE_D, start_index=8, process_index=p, process_count=2, **kw), 2) for p in (0, 1)]
+    for j, batch in enumerate(expected):  # process p holds the global batch's positions p, p + 2, …
+        for p in (0, 1):
+            assert_same([halves[p][j]], [{k: v[p::2] for k, v in batch.items()}])
+    with pytest.raises(ValueError, match="start_index must be a non-negative integer"):
+        make(prepared, THREE_D, start_index=-1)
+
+
 def test_two_processes_read_disjoint_shards_that_cover_the_epoch(prepared):
     tasks = ["dehaze", "paired_folder:inv", "lowlight"]
     total = sum(pl.entry_counts(prepared["data_dir"], tasks).values())  # 3 + 15 + 2*150 = 318

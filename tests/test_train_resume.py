@@ -21,17 +21,13 @@ CONFIG = os.path.join(ROOT, "configs", "demo.py") + ":all,tiny"
 
 
 @pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("embedded_data")
-    from baryir_jax.data.prepare import prepare
-
-    prepare("embedded", str(d))
-    return str(d)
+def data_dir(embedded_data_dir):
+    return embedded_data_dir
 
 
 @pytest.fixture(scope="module")
-def cache_dir(tmp_path_factory):
-    return str(tmp_path_factory.mktemp("jax_cache"))
+def cache_dir(jax_cache_dir):
+    return jax_cache_dir
 
 
 def _env(cache_dir, devices=1, extra=None):

@@ -19,7 +19,10 @@ Multi-host: every process builds the same shuffled stream and keeps positions `p
 so the shards are disjoint and together cover every epoch; each process gets `global_batch_size /
 process_count` examples per batch. The output does not depend on the worker count.
 
-Checkpointing: save the iterator in the same orbax step as the train state:
+Checkpointing, portable: the position in the shared stream (examples consumed by all processes together) is
+all a resumed run needs; `make_train_pipeline(..., start_index=position)` starts there, whatever the worker and
+process counts (the training loop saves it this way). grain's own iterator state also works, but only for the
+same worker count and process count it was saved with:
 
     it = iter(make_train_pipeline(...))
     mngr.save(step, args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -332,6 +335,7 @@ def make_train_pipeline(
     read_threads: int = 8,
     prefetch_batches: int = 16,
     with_entry_index: bool = False,
+    start_index: int = 0,
 ) -> grain.IterDataset:
     """The infinite training stream of this process's batches (a grain `IterDataset`; `iter()` it).
 
@@ -343,7 +347,10 @@ def make_train_pipeline(
     worker_count: grain worker processes (0: threads in this process); process_index / process_count: this
     host's shard (default: `jax.process_index()` / `jax.process_count()`); user_ids: ids of user sources
     (default 7, 8, ... in order); with_entry_index: add 'entry' (int64, the position in the oversampled list)
-    to the batches, for tests and debugging.
+    to the batches, for tests and debugging; start_index: examples of the shared stream already consumed (all
+    processes together), e.g. a training checkpoint's data position: the stream starts at that position, so a
+    resumed run sees the batches an uninterrupted one would, whatever the worker and process counts (global
+    batch j after the start holds stream positions [start_index + j·B, start_index + (j+1)·B)).
     """
     process_index, process_count = _process(process_index, process_count)
     if global_batch_size % process_count:
@@ -354,10 +361,14 @@ def make_train_pipeline(
         )
     if not 0 <= seed < 2**32:
         raise ValueError(f"seed must be in [0, 2**32), got {seed}.")
+    if not (isinstance(start_index, (int, np.integer)) and start_index >= 0):
+        raise ValueError(f"start_index must be a non-negative integer, got {start_index!r}.")
     mixture = load_mixture(data_dir, tasks, multipliers=multipliers, collection=collection, user_ids=user_ids)
     local_batch = global_batch_size // process_count
     ds = grain.MapDataset.range(mixture.total).seed(seed).shuffle().repeat()
     ds = ds.random_map(_MakeExample(str(data_dir), mixture, patch_size, with_entry_index))
+    if start_index:  # a lazy slice of the infinite stream: O(1), the same positions (and per-example RNG) as before
+        ds = ds[int(start_index) :]
     ds = ds[process_index::process_count]
     ds = ds.batch(local_batch, drop_remainder=True)
     it_ds = ds.to_iter_dataset(grain.ReadOptions(num_threads=read_threads, prefetch_buffer_size=prefetch_batches))

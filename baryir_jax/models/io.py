@@ -47,7 +47,11 @@ def save_model_checkpoint(
     if potentials_params is not None:
         tree["potentials"] = potentials_params
     tree = jax.tree.map(np.asarray, tree)
-    with ocp.StandardCheckpointer() as ckptr:
+    # Written by this process alone: training exports from process 0 of a multi-process job, and orbax's default
+    # (a barrier with every process) would wait forever for the others.
+    me = jax.process_index()
+    alone = ocp.options.MultiprocessingOptions(primary_host=me, active_processes={me})
+    with ocp.StandardCheckpointer(multiprocessing_options=alone) as ckptr:
         ckptr.save(params_dir, tree)
         ckptr.wait_until_finished()
     meta = {"barynet": _jsonable(barynet_config), "potentials": _jsonable(potentials_config)}

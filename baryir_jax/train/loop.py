@@ -2,9 +2,12 @@
 
 * Data parallel over every device of every process: a 1-D ``Mesh`` ('data', ``AxisType.Auto``), the batch
   split on it, parameters and optimizer states replicated.
-* Checkpoints: one orbax ``CheckpointManager`` step holds the whole :class:`TrainState` and the grain iterator.
-  Asynchronous, ``max_to_keep``; a run resumes from the newest checkpoint of its workdir; SIGTERM (preemption)
-  saves before exiting; a non-finite loss stops the run before anything non-finite is saved.
+* Checkpoints: one orbax ``CheckpointManager`` step holds the whole :class:`TrainState`, the data position
+  (examples of the shared stream consumed: portable across worker and process counts) and the config.
+  Asynchronous, ``max_to_keep``; a run resumes from the newest checkpoint of its workdir that restores and is
+  finite (:mod:`baryir_jax.train.workdir`: what may change between runs, damaged checkpoints, the export);
+  SIGTERM (preemption) saves before exiting; a non-finite loss, parameter or optimizer state stops the run
+  before anything non-finite is saved.
 * Logging with clu: every loss term as a scalar, steps/s and ETA (``ReportProgress``), images of
   input/restored/target, periodic per-task validation PSNR/SSIM.
 """
@@ -17,7 +20,6 @@ import os
 import signal
 from typing import Any
 
-import grain
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -25,7 +27,8 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import AxisType, Mesh
 
-from baryir_jax.config import ConfigError
+from baryir_jax.config import ConfigError, mixture_multipliers
+from baryir_jax.config import validate as validate_config
 from baryir_jax.data import pipeline as data_pipeline
 from baryir_jax.data import sources as data_sources
 from baryir_jax.data.to_mesh import host_batch_to_global
@@ -34,13 +37,15 @@ from baryir_jax.evaluate.restore import restore_float
 from baryir_jax.models.io import as_path, load_model_checkpoint, save_model_checkpoint
 from baryir_jax.train import state as state_lib
 from baryir_jax.train import step as step_lib
+from baryir_jax.train import workdir as workdir_lib
 from baryir_jax.transport.congruence import PotentialIndex, lambdas_from_counts
 
 log = logging.getLogger("baryir_jax.train")
 
 
 class NonFiniteLossError(RuntimeError):
-    """The loss became NaN/inf; the run stopped and kept its last good checkpoint."""
+    """Training diverged: a loss, or a player's parameters or optimizer state, became NaN/inf. The run stopped
+    without saving it; its newest checkpoint (if any) is finite. ``baryir-train`` exits with code 3."""
 
 
 class _Preemption:
@@ -84,18 +89,6 @@ def resolve_data_dir(config, workdir: str) -> str:
     )
 
 
-def _parse_multipliers(spec) -> dict[str, int] | None:
-    if not spec:
-        return None
-    out = {}
-    for part in str(spec).split(","):
-        if "=" not in part:
-            raise ConfigError(f"config.data.multipliers: expected 'task=N,task=N', got {spec!r}")
-        k, v = part.split("=", 1)
-        out[k.strip()] = int(v)
-    return out
-
-
 def ensure_embedded_prepared(data_dir: str) -> None:
     """The embedded data ships with the install; prepare it on first use (one process at a time)."""
     from baryir_jax.data.prepare import prepare
@@ -116,6 +109,7 @@ class Experiment:
     """Everything the loop needs, built from a config (also used by the benchmarks and tests)."""
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, with_data: bool = True, mesh=None):
+        validate_config(config)  # every field, before anything is built (ConfigError: one line per bad field)
         self.config, self.workdir = config, workdir
         self.mesh = make_mesh() if mesh is None else mesh  # the preflight passes a TPU topology's mesh
         n_dev = self.mesh.devices.size
@@ -131,7 +125,12 @@ class Experiment:
                 f"{config.train.grad_accum_steps}"
             )
         self.data_dir = resolve_data_dir(config, workdir) if with_data else config.data.data_dir
-        self.multipliers = _parse_multipliers(config.data.multipliers)
+        self.multipliers, ignored = mixture_multipliers(config)
+        if ignored:
+            log.info(
+                "config.data.multipliers names tasks that are not in config.data.tasks (%s): ignored",
+                ", ".join(ignored),
+            )
         if with_data:
             if config.data.collection == "embedded":
                 ensure_embedded_prepared(self.data_dir)
@@ -148,6 +147,7 @@ class Experiment:
         self.index = PotentialIndex(counts)
         self.lam = lambdas_from_counts(self.index.source_counts(counts))
         total = sum(counts.values())
+        self.entries_per_epoch = total
         self.steps_per_epoch = max(total // gb, 1)
         t = config.train
         self.num_steps = int(t.num_steps) if int(t.num_steps) > 0 else int(t.num_epochs) * self.steps_per_epoch
@@ -174,7 +174,8 @@ class Experiment:
             self.config, self.barynet, self.potentials, self.restorer_tx, self.potentials_tx, restorer
         )
 
-    def pipeline(self):
+    def pipeline(self, start_index: int = 0):
+        """The training stream, starting ``start_index`` examples into it (a checkpoint's data position)."""
         c = self.config
         return data_pipeline.make_train_pipeline(
             self.data_dir,
@@ -185,6 +186,7 @@ class Experiment:
             global_batch_size=int(c.data.batch_size),
             seed=int(c.seed),
             worker_count=int(c.data.num_workers),
+            start_index=int(start_index),
         )
 
 
@@ -267,22 +269,31 @@ def _checkpoint_manager(workdir: str, config) -> ocp.CheckpointManager:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=int(config.train.max_to_keep), create=True, enable_async_checkpointing=True
     )
-    return ocp.CheckpointManager(as_path(workdir) / "checkpoints", options=options, item_names=("state", "data_iter"))
+    return ocp.CheckpointManager(
+        as_path(workdir) / workdir_lib.CHECKPOINTS,
+        options=options,
+        item_handlers=dict(
+            state=ocp.StandardCheckpointHandler(),
+            data_position=ocp.JsonCheckpointHandler(),
+            config=ocp.JsonCheckpointHandler(),
+        ),
+    )
 
 
-def _save(mngr, step, state, data_iter, metrics_host=None):
-    if metrics_host is not None and not bool(metrics_host.get("finite", True)):
-        return False
+def _save(mngr, step, state, data_position: dict, config_json: dict):
+    """One checkpoint step: the train state, the data position (examples of the shared stream consumed: portable
+    across worker and process counts, unlike grain's per-worker iterator state) and the config that ran."""
     # The save finishes in the background while the next steps run, and the step donates its input state:
     # save a copy, so that a donated buffer (aliased by the host copy on CPU) is never what gets written.
     state = jax.tree.map(jnp.copy, state)
     mngr.save(
         step,
         args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), data_iter=grain.checkpoint.CheckpointSave(data_iter)
+            state=ocp.args.StandardSave(state),
+            data_position=ocp.args.JsonSave(data_position),
+            config=ocp.args.JsonSave(config_json),
         ),
     )
-    return True
 
 
 def _barrier(name: str, timeout_s: int = 1800) -> None:
@@ -297,19 +308,140 @@ def _barrier(name: str, timeout_s: int = 1800) -> None:
         client.wait_at_barrier(name, timeout_s * 1000)
 
 
-def _write_config(config, workdir):
-    if jax.process_index() == 0:
-        path = as_path(workdir)
-        path.mkdir(parents=True, exist_ok=True)
-        (path / "config.json").write_text(config.to_json_best_effort(indent=2))
+def _first_line(e: BaseException, limit: int = 240) -> str:
+    text = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _restore(mngr, workdir: str, state, exp: Experiment) -> tuple[int, Any, int]:
+    """Resume from the newest checkpoint that restores completely and is finite: (step, state, data position in
+    examples); (0, state, 0) without checkpoints. Newer steps that fail are named, and moved aside once an older
+    one restored; if none restores, :class:`~baryir_jax.train.workdir.WorkdirError` says what to delete."""
+    steps = workdir_lib.checkpoint_steps(mngr.directory)
+    if not steps:
+        return 0, state, 0
+    for s in steps:  # the saved tree against the configured one, before orbax sees a mismatch
+        try:
+            meta = mngr.item_metadata(s)["state"]
+        except Exception:  # noqa: BLE001  (a damaged step: the restore below names it)
+            continue
+        if meta is not None:
+            workdir_lib.check_state_structure(workdir, s, meta, state)
+            break
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    finite_fn = jax.jit(step_lib.players_finite)
+    skipped: list[tuple[int, str]] = []
+    for s in steps:
+        has_position = (mngr.directory / str(s) / "data_position").exists()
+        args = dict(state=ocp.args.StandardRestore(abstract))
+        if has_position:
+            args["data_position"] = ocp.args.JsonRestore()
+        try:
+            restored = mngr.restore(s, args=ocp.args.Composite(**args))
+        except Exception as e:  # noqa: BLE001  (truncated or missing files: tensorstore, orbax, OS errors)
+            skipped.append((s, f"it cannot be read ({_first_line(e)})"))
+            continue
+        finite = {k: bool(v) for k, v in jax.device_get(finite_fn(restored["state"])).items()}
+        bad = [k for k, ok in finite.items() if not ok]
+        if bad:
+            players = " and ".join(_POSSESSIVE[p] for p in bad)
+            skipped.append((s, f"it holds non-finite values ({players} parameters or RMSprop state)"))
+            continue
+        break
+    else:
+        what = "; ".join(f"step {s}: {why}" for s, why in skipped)
+        raise workdir_lib.WorkdirError(
+            f"no checkpoint in {mngr.directory} can be resumed ({what}). To train from the start, delete "
+            f"{mngr.directory} (or move it away); or use another --workdir"
+        )
+    for bad_step, why in skipped:
+        log.warning("checkpoint step %d skipped: %s; resuming from step %d", bad_step, why, s)
+    if skipped:
+        if jax.process_index() == 0:
+            workdir_lib.set_aside(workdir, skipped)
+        _barrier("baryir_jax: unusable checkpoints set aside")
+        mngr.reload()
+    gb = int(exp.config.data.batch_size)
+    position = restored.get("data_position") if has_position else None
+    if position is not None:
+        examples = int(position["examples"])
+        if int(position.get("entries_per_epoch", exp.entries_per_epoch)) != exp.entries_per_epoch:
+            log.warning(
+                "the data sets changed size since checkpoint step %d (%s entries an epoch, now %d): the data stream "
+                "continues at example %d of the new one",
+                s,
+                position.get("entries_per_epoch"),
+                exp.entries_per_epoch,
+                examples,
+            )
+    else:  # written before checkpoints kept a data position: one global batch per step from the stream's start
+        examples = s * gb
+        log.info(
+            "checkpoint step %d has no data position: continuing the data stream at step × batch = %d", s, examples
+        )
+    return s, restored["state"], examples
+
+
+_POSSESSIVE = {"restorer": "the restorer's", "potentials": "the potentials'"}
+
+
+def _divergence_message(flag, newest: int | None, config, ckpt_dir) -> str:
+    step, loss_ok, restorer_ok, potentials_ok, restorer_loss, potential_objective = flag
+    players = [name for name, ok in (("restorer", restorer_ok), ("potentials", potentials_ok)) if not ok]
+    o = config.optim
+    if players:
+        what = f"{' and '.join(_POSSESSIVE[p] for p in players)} parameters or RMSprop state became non-finite"
+        others = [p for p in ("restorer", "potentials") if p not in players]
+        if others:
+            what += f" ({_POSSESSIVE[others[0]]} stayed finite)"
+        lrs = {
+            "restorer": f"--config.optim.lr (now {o.lr:g})",
+            "potentials": f"--config.optim.potentials_lr (now {o.potentials_lr:g})",
+        }
+        fix = "lower " + " and ".join(lrs[p] for p in players)
+    else:
+        what = (
+            f"the loss became non-finite (restorer loss {float(restorer_loss)}, potential objective "
+            f"{float(potential_objective)})"
+        )
+        fix = (
+            f"lower --config.optim.lr (now {o.lr:g}) or --config.optim.potentials_lr (now {o.potentials_lr:g}), "
+            "or check the data"
+        )
+    last = f"step {step - 1}" if step > 1 else "step 0 (the initial state)"
+    if newest is None:
+        saved = f"No checkpoint was written yet (checkpoint_every={int(config.train.checkpoint_every)})"
+    else:
+        saved = f"The newest checkpoint is step {newest} in {ckpt_dir} (finite; a rerun resumes from it)"
+    return (
+        f"training diverged at step {step}: {what}; the last finite state is {last}. {saved}; nothing non-finite "
+        f"was saved. To continue, {fix}."
+    )
+
+
+def _check_finite(flags: list, mngr, config) -> None:
+    """Raise :class:`NonFiniteLossError` at the first step whose losses or new state are not all finite."""
+    for flag in jax.device_get(flags):
+        if not (flag[1] and flag[2] and flag[3]):
+            mngr.wait_until_finished()
+            raise NonFiniteLossError(_divergence_message(flag, mngr.latest_step(), config, mngr.directory))
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-    """Train (resuming from ``workdir`` when it holds checkpoints), validate, export; returns a summary dict."""
+    """Train (resuming from ``workdir`` when it holds checkpoints), validate, export; returns a summary dict.
+
+    Raises ConfigError (a config value that cannot work; ``WorkdirError`` for settings a resumed run must keep and
+    for a workdir whose checkpoints all fail to restore), DataError (data not prepared), NonFiniteLossError.
+    """
     from clu import metric_writers, periodic_actions
 
+    validate_config(config)  # every field, before anything is built or compiled
     workdir = os.fspath(as_path(workdir))  # absolute if local; gs://… stays as it is
-    _write_config(config, workdir)
+    config_json = workdir_lib.config_dict(config)
+    steps = workdir_lib.checkpoint_steps(as_path(workdir) / workdir_lib.CHECKPOINTS)
+    saved, saved_where = workdir_lib.read_saved_config(workdir, steps)
+    workdir_lib.check_resume_config(workdir, saved, saved_where, config_json)  # before building or restoring
+
     exp = Experiment(config, workdir)
     mesh = exp.mesh
     is_main = jax.process_index() == 0
@@ -327,22 +459,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = exp.init_state()
     jstep, state_sharding = step_lib.jit_train_step(exp.train_step, mesh, state)
     state = place_replicated(state, state_sharding)
-    data_iter = iter(exp.pipeline())
 
     _barrier("baryir_jax: processes ready")  # before the first collective (the checkpoint manager's)
     mngr = _checkpoint_manager(workdir, config)
-    start = 0
-    if mngr.latest_step() is not None:
-        start = int(mngr.latest_step())
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-        restored = mngr.restore(
-            start,
-            args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(abstract), data_iter=grain.checkpoint.CheckpointRestore(data_iter)
-            ),
-        )
-        state = restored["state"]
+    start, state, examples = _restore(mngr, workdir, state, exp)
+    if start:
         log.info("resumed from %s at step %d", mngr.directory, start)
+        if start >= exp.num_steps:
+            log.info("checkpoint step %d is at or past the %d steps configured: nothing to train", start, exp.num_steps)
+    if is_main:  # only once the checkpoint is known to resume (or there is none)
+        workdir_lib.write_config(workdir, config, start)
+    data_iter = iter(exp.pipeline(start_index=examples))
+    gb = int(config.data.batch_size)
 
     writer = metric_writers.create_default_writer(workdir, just_logging=not is_main, asynchronous=True)
     if start == 0:
@@ -359,7 +487,16 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     log_every = max(int(t.log_every), 1)
     apply_fn = jax.jit(lambda p, x: exp.barynet.apply({"params": p}, x).restored)
 
+    def position(at_step: int) -> dict:
+        return dict(
+            examples=examples + (at_step - start) * gb,
+            global_batch_size=gb,
+            entries_per_epoch=exp.entries_per_epoch,
+            step=at_step,
+        )
+
     acc, n_acc = None, 0
+    flags: list = []  # per step since the last check: (step, losses finite, restorer finite, potentials finite, …)
     last_metrics: dict[str, Any] = {}
     step = start
     with _Preemption() as preempt, jax.set_mesh(mesh):
@@ -371,27 +508,31 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 _barrier("baryir_jax: step compiled")
             state, metrics = compiled(state, batch)
             step += 1
+            flags.append(
+                (
+                    step,
+                    metrics.pop("finite"),
+                    metrics.pop("restorer_finite"),
+                    metrics.pop("potentials_finite"),
+                    metrics["restorer_loss"],
+                    metrics["potential_objective"],
+                )
+            )
             acc = metrics if acc is None else jax.tree.map(jnp.add, acc, metrics)
             n_acc += 1
             report(step)
             final = step == exp.num_steps
-            if step % log_every == 0 or final or preempt.requested or step % ckpt_every == 0:
+            save_now = step % ckpt_every == 0 or final or preempt.requested
+            if step % log_every == 0 or save_now or len(flags) >= 256:
+                _check_finite(flags, mngr, config)  # before anything of these steps is saved or logged
+                flags = []
+            if step % log_every == 0 or final:
                 host = {k: float(v) / n_acc for k, v in jax.device_get(acc).items()}
-                last = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                if not last["finite"] or not np.isfinite(host["restorer_loss"]):
-                    mngr.wait_until_finished()
-                    raise NonFiniteLossError(
-                        f"non-finite loss at step {step} (restorer loss {last['restorer_loss']}, potential "
-                        f"objective {last['potential_objective']}, L1 {last['l1']}); the run stopped. The last good "
-                        f"checkpoint is step {mngr.latest_step()} in {mngr.directory}. Lower the learning rate "
-                        "(--config.optim.lr) or check the data."
-                    )
-                if step % log_every == 0 or final:
-                    writer.write_scalars(step, {f"train/{k}": v for k, v in host.items() if k != "finite"})
-                    acc, n_acc = None, 0
-                last_metrics = last
-            if step % ckpt_every == 0 or final or preempt.requested:
-                _save(mngr, step, state, data_iter)
+                writer.write_scalars(step, {f"train/{k}": v for k, v in host.items()})
+                acc, n_acc = None, 0
+                last_metrics = dict({k: float(v) for k, v in jax.device_get(metrics).items()}, finite=1.0)
+            if save_now:
+                _save(mngr, step, state, position(step), config_json)
             if preempt.requested:
                 mngr.wait_until_finished()
                 log.warning("SIGTERM: saved step %d in %s; rerun the same command to resume", step, mngr.directory)
@@ -414,21 +555,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     summary: dict[str, Any] = dict(preempted=False, step=step, metrics=last_metrics)
     params = jax.device_get(state.restorer)
     if t.export_model and is_main:
-        export_dir = as_path(workdir) / "model"
-        if not (export_dir / "params").exists():
-            save_model_checkpoint(
-                export_dir,
-                params,
-                state_lib.barynet_kwargs(config),
-                jax.device_get(state.potentials),
-                dict(
-                    num_potentials=exp.index.num_potentials,
-                    channels=8 * int(config.model.dim),
-                    patch_size=int(config.data.patch_size),
-                ),
-                extra=dict(step=step, tasks=list(config.data.tasks), ids_of_potential=exp.index.ids_of_potential),
-            )
-        summary["model"] = os.fspath(export_dir)
+        # WORKDIR/model always holds the final step: written again whenever this run trained or the export on
+        # disk is of another step or incomplete (e.g. a run killed while exporting).
+        if step > start or workdir_lib.exported_step(workdir) != step:
+            potentials = jax.device_get(state.potentials)
+
+            def write(directory):
+                save_model_checkpoint(
+                    directory,
+                    params,
+                    state_lib.barynet_kwargs(config),
+                    potentials,
+                    dict(
+                        num_potentials=exp.index.num_potentials,
+                        channels=8 * int(config.model.dim),
+                        patch_size=int(config.data.patch_size),
+                    ),
+                    extra=dict(step=step, tasks=list(config.data.tasks), ids_of_potential=exp.index.ids_of_potential),
+                )
+
+            summary["model"] = workdir_lib.export_model(workdir, write)
+            log.info("exported the model of step %d to %s", step, summary["model"])
+        else:
+            summary["model"] = os.fspath(as_path(workdir) / workdir_lib.MODEL)
     if config.eval.after_training and is_main:
         results = {
             task: validate(apply_fn, params, eval_examples(config, exp.data_dir, task))[0] for task in config.eval.tasks

@@ -134,9 +134,28 @@ def make_train_step(
         )
         metrics["finite"] = jnp.isfinite(metrics["restorer_loss"]) & jnp.isfinite(metrics["potential_objective"])
         new_state = state.with_game(new_game, step=state.step + 1, rng=jax.random.split(state.rng)[0])
+        # What a checkpoint of this step would hold, player by player (the loop never saves a False one).
+        finite = players_finite(new_state)
+        metrics["restorer_finite"], metrics["potentials_finite"] = finite["restorer"], finite["potentials"]
         return new_state, metrics
 
     return train_step
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = [
+        jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree) if jnp.issubdtype(jnp.result_type(x), jnp.inexact)
+    ]
+    return jnp.all(jnp.stack(leaves)) if leaves else jnp.asarray(True)
+
+
+def players_finite(state: TrainState) -> dict[str, jax.Array]:
+    """``{'restorer': bool, 'potentials': bool}``: whether each player's parameters and optimizer state are all
+    finite (no NaN/inf). Traceable (used inside the step) and callable on a restored state."""
+    return {
+        "restorer": _all_finite((state.restorer, state.restorer_opt)),
+        "potentials": _all_finite((state.potentials, state.potentials_opt)),
+    }
 
 
 def jit_train_step(train_step, mesh, state_example: TrainState):
