@@ -67,6 +67,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict(
         dict(lr=1e-4, potentials_lr=1e-4, decay_every_epochs=50, decay_factor=0.1, rmsprop_decay=0.99, eps=1e-8)
     )
+    # Large-batch options (docs/large_batch_study.md); these defaults are the official behaviour. Both players'
+    # LRs are multiplied by 1 ('none'), B/reference_batch ('linear') or its square root ('sqrt'), B the global
+    # batch; a linear warm-up over warmup_steps training steps (0 = none); gradients clipped to a global L2 norm
+    # before RMSprop, per player (0 = off).
+    c.optim.update(dict(lr_scaling="none", reference_batch=3, warmup_steps=0, clip_norm=0.0, potentials_clip_norm=0.0))
 
     c.train = ml_collections.ConfigDict(
         dict(

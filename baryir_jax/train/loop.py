@@ -114,6 +114,7 @@ class Experiment:
 
     def __init__(self, config: ml_collections.ConfigDict, workdir: str, *, with_data: bool = True):
         self.config, self.workdir = config, workdir
+        state_lib.check_large_batch_options(config)  # before any data preparation
         self.mesh = make_mesh()
         n_dev = self.mesh.devices.size
         gb = int(config.data.batch_size)
