@@ -213,7 +213,7 @@ def _batches(n, b=8, p=16, seed=0):
         dict(
             degraded=rng.uniform(0, 1, (b, p, p, 3)).astype(np.float32),
             clean=rng.uniform(0, 1, (b, p, p, 3)).astype(np.float32),
-            degradation_id=np.array([0, 1, 2, 0, 1, 2, 3, 0], np.int32),  # potential 4 absent
+            degradation_id=np.array([0, 1, 2, 0, 1, 2, 3, 0], np.int32),  # id 4 (its own potential) absent
         )
         for _ in range(n)
     ]
@@ -310,7 +310,8 @@ def test_norm_metrics_are_the_gradient_and_update_norms():
 
 
 def test_clipping_in_the_train_step_changes_the_trajectory_and_stays_finite():
-    """Both thresholds reach the step (chained optimizer state, absent potential kept as it was)."""
+    """Both thresholds reach the step (the chained optimizer states go through the game, with a potential absent
+    from the batches)."""
     parts = _parts(tiny_config())
     data = _batches(3)
     states = []
@@ -327,11 +328,6 @@ def test_clipping_in_the_train_step_changes_the_trajectory_and_stays_finite():
             for x, y in zip(jax.tree.leaves(getattr(states[0], player)), jax.tree.leaves(getattr(states[1], player)))
         )
         assert d > 0, player
-    s0 = st.init_state(c, *parts[2:], *st.make_optimizers(c, 100, 2))
-    for x, y in zip(
-        jax.tree.leaves(states[1].potentials["potential_4"]), jax.tree.leaves(s0.potentials["potential_4"])
-    ):
-        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
 # ------------------------------------------------------------------------------- the logs of a training run
@@ -358,7 +354,7 @@ def test_norms_are_in_the_workdirs_scalar_logs(tmp_path):
         capture_output=True,
         text=True,
         env=env,
-        timeout=900,
+        timeout=1800,
     )
     assert r.returncode == 0, r.stderr[-3000:]
     acc = event_accumulator.EventAccumulator(str(wd), size_guidance={event_accumulator.TENSORS: 0})
