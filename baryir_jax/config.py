@@ -74,6 +74,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.optim = ml_collections.ConfigDict(
         dict(lr=1e-4, potentials_lr=1e-4, decay_every_epochs=50, decay_factor=0.1, rmsprop_decay=0.99, eps=1e-8)
     )
+    # Large-batch options (docs/large_batch_study.md); these defaults are the official behaviour. Both players'
+    # LRs are multiplied by 1 ('none'), B/reference_batch ('linear') or its square root ('sqrt'), B the global
+    # batch; a linear warm-up over warmup_steps training steps (0 = none); gradients clipped to a global L2 norm
+    # before RMSprop, per player (0 = off).
+    c.optim.update(dict(lr_scaling="none", reference_batch=3, warmup_steps=0, clip_norm=0.0, potentials_clip_norm=0.0))
 
     c.train = ml_collections.ConfigDict(
         dict(
@@ -325,6 +330,11 @@ def validate(config) -> None:
     check("optim.decay_factor", _real(0, 1, lo_open=True))
     check("optim.rmsprop_decay", _real(0, 1, hi_open=True))
     check("optim.eps", _real(0, lo_open=True))
+    check("optim.lr_scaling", _one_of("none", "linear", "sqrt"))
+    check("optim.reference_batch", _int(1))
+    check("optim.warmup_steps", _int(0))
+    check("optim.clip_norm", _real(0))
+    check("optim.potentials_clip_norm", _real(0))
 
     t = config.train
     check("train.num_steps", _int(1, also=(-1,)))

@@ -32,6 +32,7 @@ def get_config(arg=None):
     c.data.batch_size = 8
     c.optim.lr = 5e-4  # official: 1e-4; a short run of a small model needs more (1e-3 was worse on blur and rain)
     c.optim.potentials_lr = 1e-4
+    c.optim.reference_batch = 8  # the batch these LRs were tuned at (used only with --config.optim.lr_scaling)
     c.train.num_steps = 850
     c.train.log_every = 50
     c.train.checkpoint_every = 200

@@ -6,6 +6,14 @@ memory (device peak where the backend reports it, else the process's peak RSS). 
 (a checkout of github.com/xl-tang3/BaryIR; needs torch) it also times the official PyTorch training iteration
 on the same machine — restorer step, fresh forward, the two potential steps, as ``trainer_bary.py`` does — and
 prints the JAX/PyTorch speed ratio.
+
+The accelerator figures (``accelerator_suite.sh``) come from ``--batches 3,8,16,32 --official-batches 3,8 --out
+FILE``: every dtype at every per-device batch, each in a fresh process (a failure, e.g. out of memory, is
+recorded and the run goes on), the official iteration at the batches given, and one JSON summary with the
+JAX/PyTorch ratios. Each JAX result also carries ``flops_per_step`` (XLA's cost analysis of the compiled step,
+per device: the executed FLOPs, rematerialisation included) and ``mfu`` = flops_per_step / seconds_per_step /
+the device's peak (``peak_tflops``: the chip's published dense bf16 peak, used for float32 too, or
+``--peak-tflops``; null where unknown, e.g. CPUs).
 """
 
 from __future__ import annotations
@@ -24,7 +32,46 @@ def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
-def bench_jax(config_path: str, dtype: str, batch: int, patch: int, steps: int, warmup: int) -> dict:
+# Published dense (no sparsity) bf16 peaks per chip, TFLOP/s; first match of the device_kind wins.
+PEAK_BF16_TFLOPS = (
+    ("H200", 989.0),  # NVIDIA H200 SXM
+    ("H100 PCIe", 756.0),
+    ("H100", 989.0),  # SXM
+    ("A100", 312.0),
+    ("L4", 121.0),
+    ("TPU v6 lite", 918.0),  # v6e (Trillium)
+    ("TPU v6e", 918.0),
+    ("TPU v5 lite", 197.0),  # v5e
+    ("TPU v5e", 197.0),
+    ("TPU v5p", 459.0),
+    ("TPU v5", 459.0),  # v5p reports "TPU v5"
+    ("TPU v4", 275.0),
+)
+
+
+def peak_tflops(device_kind: str) -> float | None:
+    """The chip's published dense bf16 peak (TFLOP/s) for a jax ``device_kind``, or None if unknown."""
+    for key, value in PEAK_BF16_TFLOPS:
+        if key.lower() in device_kind.lower():
+            return value
+    return None
+
+
+def compiled_flops(compiled) -> float | None:
+    """FLOPs of one call of a compiled (per-device, SPMD-partitioned) program from XLA's cost analysis."""
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # noqa: BLE001  (a backend without cost analysis)
+        return None
+    if isinstance(cost, (list, tuple)):  # older jax: one dict per program
+        cost = cost[0] if cost else None
+    flops = (cost or {}).get("flops")
+    return float(flops) if flops is not None and flops > 0 else None
+
+
+def bench_jax(
+    config_path: str, dtype: str, batch: int, patch: int, steps: int, warmup: int, peak: float | None = None
+) -> dict:
     import jax
     from ml_collections import config_flags  # noqa: F401  (config files import ml_collections)
 
@@ -67,19 +114,25 @@ def bench_jax(config_path: str, dtype: str, batch: int, patch: int, steps: int, 
     dt = (time.perf_counter() - t0) / steps
     dev = jax.devices()[0]
     stats = dev.memory_stats() if hasattr(dev, "memory_stats") else None
-    peak = (stats or {}).get("peak_bytes_in_use")
+    peak_bytes = (stats or {}).get("peak_bytes_in_use")
+    flops = compiled_flops(compiled)
+    peak_t = peak if peak else peak_tflops(dev.device_kind)
     return dict(
         impl="jax",
         dtype=dtype,
         device=f"{dev.platform}:{dev.device_kind}",
         devices=jax.device_count(),
         batch=b,
+        batch_per_device=batch,
         patch=patch,
         seconds_per_step=round(dt, 4),
         images_per_s=round(b / dt, 3),
         compile_seconds=round(compile_s, 1),
-        peak_memory_mb=round(peak / 2**20, 1) if peak else round(_peak_rss_mb(), 1),
-        peak_memory_kind="device" if peak else "process_rss",
+        peak_memory_mb=round(peak_bytes / 2**20, 1) if peak_bytes else round(_peak_rss_mb(), 1),
+        peak_memory_kind="device" if peak_bytes else "process_rss",
+        flops_per_step=flops,
+        peak_tflops=peak_t,
+        mfu=round(flops / dt / (peak_t * 1e12), 5) if flops and peak_t else None,
         finite=bool(m["finite"]),
         jax=jax.__version__,
     )
@@ -188,14 +241,52 @@ def _load_config(path: str):
     return mod.get_config(arg or None)
 
 
-def _in_subprocess(args: list[str]) -> dict:
-    """Each measurement in a fresh process, so that peak memory and compile caches are its own."""
+def _in_subprocess(args: list[str], timeout: float | None = None) -> dict:
+    """Each measurement in a fresh process, so that peak memory and compile caches are its own.
+
+    A failure (non-zero exit, e.g. out of memory, or the timeout) is returned as ``{"error": ...}``."""
     import subprocess
 
-    r = subprocess.run([sys.executable, "-m", "baryir_jax.bench.train_step", *args], capture_output=True, text=True)
+    try:
+        r = subprocess.run(
+            [sys.executable, "-m", "baryir_jax.bench.train_step", *args],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+    except subprocess.TimeoutExpired:
+        return dict(error=f"timed out after {timeout:.0f} s")
     if r.returncode != 0:
-        raise SystemExit(f"bench run {args} failed:\n{r.stderr[-4000:]}")
+        tail = [line for line in r.stderr.strip().splitlines() if line.strip()][-3:]
+        return dict(error=f"exit {r.returncode}: " + " | ".join(tail)[-800:])
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in str(text).replace(" ", ",").split(",") if x]
+
+
+def ratios(results: list[dict]) -> list[dict]:
+    """JAX images/s over the official iteration's at the same global batch: float32 against PyTorch float32,
+    bfloat16 against PyTorch's bf16 autocast (where both were measured)."""
+    out = []
+    for off in results:
+        if off.get("impl") != "pytorch-official" or "error" in off:
+            continue
+        want = "bfloat16" if off["dtype"] == "bfloat16-autocast" else "float32"
+        for r in results:
+            if r.get("impl") == "jax" and "error" not in r and r["dtype"] == want and r["batch"] == off["batch"]:
+                out.append(
+                    dict(
+                        batch=off["batch"],
+                        jax_dtype=want,
+                        official_dtype=off["dtype"],
+                        jax_images_per_s=r["images_per_s"],
+                        official_images_per_s=off["images_per_s"],
+                        speedup=round(r["images_per_s"] / off["images_per_s"], 3),
+                    )
+                )
+    return out
 
 
 def main(argv=None):
@@ -204,10 +295,20 @@ def main(argv=None):
     p.add_argument("--config", default=os.path.join(here, "..", "..", "configs", "three_task.py"))
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--batch", type=int, default=1, help="per device")
+    p.add_argument("--batches", default=None, help="per-device batches, e.g. 3,8,16,32 (overrides --batch)")
     p.add_argument("--patch", type=int, default=128)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
     p.add_argument("--official-repo", default=None, help="checkout of github.com/xl-tang3/BaryIR (needs torch)")
+    p.add_argument(
+        "--official-batches", default=None, help="batches of the official iteration (default: the first batch)"
+    )
+    p.add_argument("--official-bf16", action="store_true", help="also time the official iteration in bf16 autocast")
+    p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak for the MFU (default: table)")
+    p.add_argument("--each-timeout", type=float, default=None, help="seconds per measurement (a fresh process)")
+    p.add_argument("--budget", type=float, default=None, help="seconds in all; later measurements are skipped")
+    p.add_argument("--out", default=None, help="write the summary JSON here")
+    p.add_argument("--jsonl", default=None, help="append every result here as soon as it exists")
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one measurement, in this process
     a = p.parse_args(argv)
     if a.only in ("official", "official-bf16"):
@@ -220,30 +321,53 @@ def main(argv=None):
         )
         return
     if a.only:
-        print(json.dumps(bench_jax(a.config, a.only, a.batch, a.patch, a.steps, a.warmup)))
+        print(json.dumps(bench_jax(a.config, a.only, a.batch, a.patch, a.steps, a.warmup, a.peak_tflops)))
         return
-    common = [
-        "--config",
-        a.config,
-        "--batch",
-        str(a.batch),
-        "--patch",
-        str(a.patch),
-        "--steps",
-        str(a.steps),
-        "--warmup",
-        str(a.warmup),
-    ]
+    batches = _ints(a.batches) if a.batches else [a.batch]
+    official_batches = _ints(a.official_batches) if a.official_batches else batches[:1]
+    common = ["--config", a.config, "--patch", str(a.patch), "--steps", str(a.steps), "--warmup", str(a.warmup)]
+    if a.peak_tflops:
+        common += ["--peak-tflops", str(a.peak_tflops)]
+    plan = []  # in priority order: per batch, JAX float32, the official float32, JAX bf16, the official bf16
+    for batch in batches:
+        for dtype in a.dtypes.split(","):
+            plan.append((dtype.strip(), batch))
+            if a.official_repo and batch in official_batches and dtype.strip() == "float32":
+                plan.append(("official", batch))
+        if a.official_repo and a.official_bf16 and batch in official_batches:
+            plan.append(("official-bf16", batch))
+    t_start = time.perf_counter()
     results = []
-    for dtype in a.dtypes.split(","):
-        r = _in_subprocess(common + ["--only", dtype.strip()])
+    for what, batch in plan:
+        if a.budget is not None and time.perf_counter() - t_start > a.budget:
+            r = dict(error="skipped: --budget spent")
+        else:
+            extra = ["--official-repo", a.official_repo] if what.startswith("official") else []
+            r = _in_subprocess(common + ["--only", what, "--batch", str(batch)] + extra, a.each_timeout)
+        if "error" in r:
+            impl = "pytorch-official" if what.startswith("official") else "jax"
+            r = dict(impl=impl, dtype=what, batch_per_device=batch, **r)
         print(json.dumps(r), flush=True)
+        if a.jsonl:
+            with open(a.jsonl, "a") as f:
+                f.write(json.dumps(r) + "\n")
         results.append(r)
-    if a.official_repo:
-        r = _in_subprocess(common + ["--only", "official", "--official-repo", a.official_repo])
-        fp32 = next((x for x in results if x["dtype"] == "float32"), results[0])
-        r["jax_float32_speedup"] = round(fp32["images_per_s"] / r["images_per_s"], 3)
-        print(json.dumps(r), flush=True)
+    summary = dict(
+        config=a.config,
+        patch=a.patch,
+        steps=a.steps,
+        warmup=a.warmup,
+        date=time.strftime("%Y-%m-%d"),
+        wall_seconds=round(time.perf_counter() - t_start, 1),
+        results=results,
+        ratios=ratios(results),
+    )
+    for r in summary["ratios"]:
+        print(json.dumps(dict(ratio=r)), flush=True)
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(summary, f, indent=1)
+    return summary
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -83,36 +84,92 @@ def build_models(config, num_potentials: int, devices=None) -> tuple[BaryNet, Po
     return barynet, potentials
 
 
-def lr_schedule(config, steps_per_epoch: int, updates_per_step: int = 1, base: float | None = None):
-    """LR as a function of an optimizer's update count: ``base · decay_factor^⌊epoch / decay_every_epochs⌋``.
+LR_SCALING = ("none", "linear", "sqrt")
 
-    ``updates_per_step``: optimizer updates per training step (2 for the potentials' official two-step update),
-    so that both players change LR at the same training step.
+
+def check_large_batch_options(config) -> None:
+    """One-line :class:`ConfigError` for a bad LR-scaling, warm-up or clipping field of ``config.optim``.
+
+    Fields (all optional: a config without them gets the official behaviour): ``lr_scaling`` ('none' | 'linear'
+    | 'sqrt'), ``reference_batch`` (int >= 1), ``warmup_steps`` (int >= 0), ``clip_norm`` and
+    ``potentials_clip_norm`` (float >= 0; 0 = off).
+    """
+    o = config.optim
+    scaling = o.get("lr_scaling", "none")
+    if scaling not in LR_SCALING:
+        raise ConfigError(f"config.optim.lr_scaling={scaling!r}: must be one of {', '.join(LR_SCALING)}")
+    for name, low in (("reference_batch", 1), ("warmup_steps", 0)):
+        v = o.get(name, low)
+        if isinstance(v, bool) or not isinstance(v, int) or v < low:
+            raise ConfigError(f"config.optim.{name}={v!r}: must be an integer >= {low}")
+    for name in ("clip_norm", "potentials_clip_norm"):
+        v = o.get(name, 0.0)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
+            raise ConfigError(f"config.optim.{name}={v!r}: must be a finite number >= 0 (0 = no clipping)")
+
+
+def batch_lr_factor(config) -> float:
+    """The LR multiplier for the global batch B = ``config.data.batch_size`` and the reference batch B₀ =
+    ``config.optim.reference_batch``: 1 ('none'), B / B₀ ('linear', Goyal et al. 2017) or √(B / B₀) ('sqrt',
+    Krizhevsky 2014; Hoffer et al. 2017). Raises :class:`ConfigError` for a bad field."""
+    check_large_batch_options(config)
+    scaling = config.optim.get("lr_scaling", "none")
+    if scaling == "none":
+        return 1.0
+    ratio = int(config.data.batch_size) / int(config.optim.get("reference_batch", 3))
+    return ratio if scaling == "linear" else math.sqrt(ratio)
+
+
+def lr_schedule(config, steps_per_epoch: int, updates_per_step: int = 1, base: float | None = None):
+    """LR as a function of an optimizer's update count:
+    ``base · s_B · min(1, (t + 1) / W) · decay_factor^⌊t / (decay_every_epochs · steps_per_epoch)⌋``.
+
+    ``t = count // updates_per_step`` is the training step (0-based); ``updates_per_step``: optimizer updates
+    per training step (2 for the potentials' official two-step update), so that both players warm up and
+    change LR at the same training step. ``s_B`` is :func:`batch_lr_factor` (1 unless
+    ``config.optim.lr_scaling`` is set) and W = ``config.optim.warmup_steps`` (0 = no warm-up: the factor is
+    left out). Defaults give the official schedule (``trainer_bary.py``: StepLR by epochs), value for value.
     """
     o = config.optim
     base = float(o.lr if base is None else base)
+    scale = batch_lr_factor(config)
+    if scale != 1.0:
+        base = base * scale
     every = max(int(o.decay_every_epochs), 1) * max(int(steps_per_epoch), 1)
     factor = float(o.decay_factor)
+    warmup = int(o.get("warmup_steps", 0))
 
     def lr(count):
-        return base * factor ** ((count // updates_per_step) // every)
+        step = count // updates_per_step
+        value = base * factor ** (step // every)
+        if warmup > 0:
+            value = value * jnp.minimum(1.0, (step + 1) / warmup)
+        return value
 
     return lr
 
 
 def make_optimizers(config, steps_per_epoch: int, potential_updates_per_step: int):
-    """Two RMSprops equal to PyTorch's (decay 0.99, eps 1e-8 outside the square root), with step-decayed LRs."""
+    """Two RMSprops equal to PyTorch's (decay 0.99, eps 1e-8 outside the square root), with step-decayed LRs
+    (:func:`lr_schedule`). With ``config.optim.clip_norm`` / ``potentials_clip_norm`` > 0 the player's gradient
+    is first clipped to that global L2 norm (``optax.clip_by_global_norm``, before RMSprop; each of the
+    potentials' two updates is clipped on its own); at 0 the optimizer is RMSprop alone (same state layout)."""
     o = config.optim
+    check_large_batch_options(config)
 
-    def tx(base, per_step):
-        return optax.rmsprop(
+    def tx(base, per_step, clip):
+        rms = optax.rmsprop(
             lr_schedule(config, steps_per_epoch, per_step, base),
             decay=float(o.rmsprop_decay),
             eps=float(o.eps),
             eps_in_sqrt=False,
         )
+        return optax.chain(optax.clip_by_global_norm(clip), rms) if clip > 0 else rms
 
-    return tx(o.lr, 1), tx(o.potentials_lr, potential_updates_per_step)
+    return (
+        tx(o.lr, 1, float(o.get("clip_norm", 0.0))),
+        tx(o.potentials_lr, potential_updates_per_step, float(o.get("potentials_clip_norm", 0.0))),
+    )
 
 
 def init_state(

@@ -13,6 +13,10 @@ The game itself (inner map steps, the two optimizers, congruence, absent potenti
 ``ort_i = Σ_j cos²(b_i, r_j)`` over the whole batch; ``con_i`` is the supervised-contrastive term on the
 residuals with temperature τ, labels = raw degradation ids, the sample itself counted as a positive.
 
+The metrics also hold each player's gradient and update norms (``map_grad_norm``, ``map_update_norm`` for the
+restorer; ``potential_grad_norm``, ``potential_penalty_grad_norm``, ``potential_update_norm`` for the potentials;
+see :func:`baryir_jax.transport.game.game_step`).
+
 Gradient accumulation (``grad_accum_steps = A``) splits the batch into A micro-batches whose restorer loss is
 averaged under ``jax.checkpoint`` (activation memory of one micro-batch); the contrastive and orthogonality
 terms are then computed within each micro-batch.
@@ -131,6 +135,7 @@ def make_train_step(
             inner_map_steps=inner,
             potential_update=str(lc.potential_update),
             skip_absent_potentials=bool(lc.skip_absent_potentials) and congruence in ("penalty", "none"),
+            norm_metrics=True,  # each player's gradient and update norms, logged with the other scalars
         )
         metrics["finite"] = jnp.isfinite(metrics["restorer_loss"]) & jnp.isfinite(metrics["potential_objective"])
         new_state = state.with_game(new_game, step=state.step + 1, rng=jax.random.split(state.rng)[0])

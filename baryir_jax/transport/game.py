@@ -155,6 +155,11 @@ def keep_absent_potentials(new: PyTree, old: PyTree, present: jax.Array, num_pot
     return jax.tree.map(sel, new, old, is_leaf=is_pot_dict)
 
 
+def global_norm(tree: PyTree) -> jax.Array:
+    """‖tree‖₂ over all leaves, in float32 (a scalar)."""
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in jax.tree.leaves(tree)))
+
+
 # ------------------------------------------------------------------------------------------------- the step
 
 
@@ -174,6 +179,7 @@ def game_step(
     inner_map_steps: int = 1,
     potential_update: str = "two_step",
     skip_absent_potentials: bool = False,
+    norm_metrics: bool = False,
 ) -> tuple[GameState, dict[str, jax.Array]]:
     """One outer iteration of the game: map update(s), fresh forward, potential update(s). Pure and jit-able.
 
@@ -211,7 +217,12 @@ def game_step(
       ``congruence_penalty`` (κ·(Σλf)² at the chosen points; for 'two_step' the value used in the second step,
       otherwise before the update), ``congruence_residual`` (relative, `congruence.residual`) and
       ``congruence_abs`` (max |Σλf|) at all points y before the potential update, ``potentials_present``, and
-      the entries of ``aux``.
+      the entries of ``aux``. With ``norm_metrics``, also global L2 norms (float32 scalars):
+      ``map_grad_norm`` (the map's gradient in the last inner step, before any clipping inside ``map_tx``),
+      ``map_update_norm`` (‖map params after − before‖ over the whole outer iteration), ``potential_grad_norm``
+      (the gradient of the first, or only, potential step, before clipping), with 'two_step' and the penalty
+      ``potential_penalty_grad_norm`` (the second step's), and ``potential_update_norm`` (‖potential params
+      after − before‖ over the outer iteration).
     """
     cg.check_mode(congruence)
     if potential_update not in POTENTIAL_UPDATES:
@@ -235,7 +246,10 @@ def game_step(
         mp, ms = carry
         (loss, aux), grads = jax.value_and_grad(map_loss_fn, has_aux=True)(mp, pot_frozen, b)
         updates, ms = map_tx.update(grads, ms, mp)
-        return (optax.apply_updates(mp, updates), ms), (loss, {} if aux is None else aux)
+        aux = {} if aux is None else aux
+        if norm_metrics and isinstance(aux, Mapping):
+            aux = dict(aux, map_grad_norm=global_norm(grads))
+        return (optax.apply_updates(mp, updates), ms), (loss, aux)
 
     carry = (state.map_params, state.map_opt_state)
     if inner_map_steps == 1:
@@ -289,8 +303,8 @@ def game_step(
         updates, new_ps = pot_tx.update(grads, ps, pp)
         new_pp, new_ps = masked(optax.apply_updates(pp, updates), new_ps)
         if use_penalty:
-            pen, grads = jax.value_and_grad(cong_loss)(new_pp)
-            updates, new_ps = pot_tx.update(grads, new_ps, new_pp)
+            pen, grads2 = jax.value_and_grad(cong_loss)(new_pp)
+            updates, new_ps = pot_tx.update(grads2, new_ps, new_pp)
             new_pp = optax.apply_updates(new_pp, updates)
         else:
             pen = cg.penalty(v0, lam, kappa, penalty_points)  # diagnostic only
@@ -314,6 +328,16 @@ def game_step(
         if key in metrics:
             raise ValueError(f"map_loss_fn's aux key {key!r} collides with a game metric")
         metrics[key] = val
+    if norm_metrics:
+
+        def diff_norm(new, old):
+            return global_norm(jax.tree.map(lambda a, b: a.astype(jnp.float32) - b.astype(jnp.float32), new, old))
+
+        metrics["map_update_norm"] = diff_norm(map_params, state.map_params)
+        metrics["potential_grad_norm"] = global_norm(grads)
+        if potential_update == "two_step" and use_penalty:
+            metrics["potential_penalty_grad_norm"] = global_norm(grads2)
+        metrics["potential_update_norm"] = diff_norm(new_pp, pp)
     return GameState(map_params, new_pp, map_opt_state, new_ps), metrics
 
 
