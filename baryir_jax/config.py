@@ -240,6 +240,30 @@ def _model_problems(m) -> list[str]:
     return out
 
 
+LR_SCALING = ("none", "linear", "sqrt")
+
+
+def large_batch_problems(config) -> list[str]:
+    """One line per bad large-batch field of ``config.optim`` (all optional; absent = the official behaviour):
+    ``lr_scaling`` (one of :data:`LR_SCALING`), ``reference_batch`` (int >= 1), ``warmup_steps`` (int >= 0),
+    ``clip_norm`` and ``potentials_clip_norm`` (finite >= 0; 0 = no clipping)."""
+    rules = (
+        ("lr_scaling", _one_of(*LR_SCALING)),
+        ("reference_batch", _int(1)),
+        ("warmup_steps", _int(0)),
+        ("clip_norm", _real(0)),
+        ("potentials_clip_norm", _real(0)),
+    )
+    o = config.optim
+    out = []
+    for name, rule in rules:
+        if name in o:
+            allowed = rule(o[name])
+            if allowed:
+                out.append(f"config.optim.{name}={o[name]!r}: allowed: {allowed}")
+    return out
+
+
 def validate(config) -> None:
     """Check every field of a training config before anything is built or compiled.
 
@@ -330,11 +354,7 @@ def validate(config) -> None:
     check("optim.decay_factor", _real(0, 1, lo_open=True))
     check("optim.rmsprop_decay", _real(0, 1, hi_open=True))
     check("optim.eps", _real(0, lo_open=True))
-    check("optim.lr_scaling", _one_of("none", "linear", "sqrt"))
-    check("optim.reference_batch", _int(1))
-    check("optim.warmup_steps", _int(0))
-    check("optim.clip_norm", _real(0))
-    check("optim.potentials_clip_norm", _real(0))
+    problems += large_batch_problems(config)
 
     t = config.train
     check("train.num_steps", _int(1, also=(-1,)))

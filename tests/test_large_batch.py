@@ -102,11 +102,11 @@ def test_default_schedule_is_the_official_one_value_for_value():
 @pytest.mark.parametrize(
     "field,value,says",
     [
-        ("lr_scaling", "cubic", "config.optim.lr_scaling='cubic': must be one of none, linear, sqrt"),
-        ("reference_batch", 0, "config.optim.reference_batch=0: must be an integer >= 1"),
-        ("warmup_steps", -5, "config.optim.warmup_steps=-5: must be an integer >= 0"),
-        ("clip_norm", -1.0, "config.optim.clip_norm=-1.0: must be a finite number >= 0 (0 = no clipping)"),
-        ("potentials_clip_norm", float("nan"), "config.optim.potentials_clip_norm=nan: must be a finite number"),
+        ("lr_scaling", "cubic", "config.optim.lr_scaling='cubic': allowed: one of 'none', 'linear', 'sqrt'"),
+        ("reference_batch", 0, "config.optim.reference_batch=0: allowed: an integer >= 1"),
+        ("warmup_steps", -5, "config.optim.warmup_steps=-5: allowed: an integer >= 0"),
+        ("clip_norm", -1.0, "config.optim.clip_norm=-1.0: allowed: a finite number >= 0"),
+        ("potentials_clip_norm", float("nan"), "config.optim.potentials_clip_norm=nan: allowed: a finite number"),
     ],
 )
 def test_bad_values_are_one_line_config_errors(field, value, says):
@@ -132,7 +132,7 @@ def test_bad_value_on_the_command_line_exits_2_with_one_line(tmp_path):
         timeout=600,
     )
     assert r.returncode == 2, r.stderr[-2000:]
-    assert "config.optim.lr_scaling='cubic': must be one of none, linear, sqrt" in r.stderr
+    assert "config.optim.lr_scaling='cubic': allowed: one of 'none', 'linear', 'sqrt'" in r.stderr
     assert "Traceback" not in r.stderr
     assert not (tmp_path / "w" / "data").exists()  # rejected before the data are prepared
 

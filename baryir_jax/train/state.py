@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
-from baryir_jax.config import ConfigError
+from baryir_jax.config import ConfigError, large_batch_problems
 from baryir_jax.models import BaryNet, Potentials
 from baryir_jax.models.layers import resolve_conv_impl
 from baryir_jax.transport.game import GameState
@@ -84,28 +84,12 @@ def build_models(config, num_potentials: int, devices=None) -> tuple[BaryNet, Po
     return barynet, potentials
 
 
-LR_SCALING = ("none", "linear", "sqrt")
-
-
 def check_large_batch_options(config) -> None:
-    """One-line :class:`ConfigError` for a bad LR-scaling, warm-up or clipping field of ``config.optim``.
-
-    Fields (all optional: a config without them gets the official behaviour): ``lr_scaling`` ('none' | 'linear'
-    | 'sqrt'), ``reference_batch`` (int >= 1), ``warmup_steps`` (int >= 0), ``clip_norm`` and
-    ``potentials_clip_norm`` (float >= 0; 0 = off).
-    """
-    o = config.optim
-    scaling = o.get("lr_scaling", "none")
-    if scaling not in LR_SCALING:
-        raise ConfigError(f"config.optim.lr_scaling={scaling!r}: must be one of {', '.join(LR_SCALING)}")
-    for name, low in (("reference_batch", 1), ("warmup_steps", 0)):
-        v = o.get(name, low)
-        if isinstance(v, bool) or not isinstance(v, int) or v < low:
-            raise ConfigError(f"config.optim.{name}={v!r}: must be an integer >= {low}")
-    for name in ("clip_norm", "potentials_clip_norm"):
-        v = o.get(name, 0.0)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-            raise ConfigError(f"config.optim.{name}={v!r}: must be a finite number >= 0 (0 = no clipping)")
+    """One-line :class:`ConfigError` for a bad LR-scaling, warm-up or clipping field of ``config.optim``
+    (:func:`baryir_jax.config.large_batch_problems`; ``baryir-train`` checks them with every other field first)."""
+    problems = large_batch_problems(config)
+    if problems:
+        raise ConfigError("; ".join(problems))
 
 
 def batch_lr_factor(config) -> float:
