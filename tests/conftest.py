@@ -8,6 +8,16 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8").strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
+# One persistent compilation cache for the whole run: this process, every pytest-xdist worker and every
+# subprocess a test starts (they inherit the environment). Identical programs then compile once per run: the
+# tiny demo step is compiled by dozens of training-CLI tests. The cache is keyed by the program, the jax/XLA
+# versions and the flags, so a hit is the same executable. Removed at the end of the run when made here.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="baryir-jax-test-cache-")
+    os.environ["BARYIR_TEST_CACHE_OWNER"] = str(os.getpid())
+
 from absl import flags  # noqa: E402
 
 # grain's worker processes read absl flags; pytest never parses them.
@@ -33,3 +43,11 @@ def jax_cache_dir(tmp_path_factory):
     """One persistent compilation cache for the training tests' subprocesses: identical programs (the tiny demo
     on one CPU device, or on two processes) compile once per session, whichever module runs them first."""
     return str(tmp_path_factory.mktemp("jax_cache"))
+
+
+def pytest_unconfigure(config):
+    """Remove the run's compilation cache (only in the process that made it, after its workers are done)."""
+    if os.environ.get("BARYIR_TEST_CACHE_OWNER") == str(os.getpid()):
+        import shutil
+
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)
