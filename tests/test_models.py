@@ -177,5 +177,5 @@ def test_cpu_training_step_uses_the_shifted_sums_and_native_when_asked():
     exp = Experiment(c, ".", with_data=False)
     assert 3 * c.model.dim in _depthwise_group_counts(lower_train_step(exp).as_text())
     c.model.conv_impl = "cuda"
-    with pytest.raises(ConfigError, match="config.model.conv_impl: conv_impl must be"):
+    with pytest.raises(ConfigError, match="config.model.conv_impl='cuda': allowed: one of 'auto', 'native', 'shifted'"):
         Experiment(c, ".", with_data=False)
