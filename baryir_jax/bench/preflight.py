@@ -265,7 +265,7 @@ def _cpu_seconds() -> float:
 
 
 # XLA options of --fast-compile: the least effort spent on execution time. Measured on the tiny demo step for
-# v5e-4 (README, "Preflight"): a third of the compile time, but twice the temporaries, so memory figures and the
+# v5e-4 (docs/preflight.md): a third of the compile time, but twice the temporaries, so memory figures and the
 # largest batch are pessimistic with it; the default compile is what a TPU run would compile.
 FAST_COMPILE_OPTIONS = {"exec_time_optimization_effort": -1.0}
 

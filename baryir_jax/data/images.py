@@ -4,7 +4,7 @@
 `conversion` note) or raises `ImageProblem` with a `kind` ('unreadable' or 'refused') and a message that the
 builders count and list in their summary.
 
-Conversion policy (documented in the data README):
+Conversion policy (documented in docs/data.md):
 * 8-bit RGB JPEG/PNG: stored byte for byte (no re-encoding, so no quality loss and no size growth);
 * other 8-bit RGB files (BMP, TIFF, WebP...): re-encoded losslessly as PNG (not a conversion of the pixels);
 * grayscale (`L`, `1`, `LA`): channels replicated to RGB, reported as converted;
