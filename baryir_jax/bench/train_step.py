@@ -73,7 +73,6 @@ def bench_jax(
     config_path: str, dtype: str, batch: int, patch: int, steps: int, warmup: int, peak: float | None = None
 ) -> dict:
     import jax
-    from ml_collections import config_flags  # noqa: F401  (config files import ml_collections)
 
     from baryir_jax.train import step as step_lib
     from baryir_jax.train.loop import Experiment
@@ -232,13 +231,11 @@ def bench_official(
 
 
 def _load_config(path: str):
-    import importlib.util
+    """``FILE[:variant]`` as every command reads it (:func:`baryir_jax.config.load`), unlocked: the benchmark
+    sets the dtype, batch and patch."""
+    from baryir_jax.config import load
 
-    path, _, arg = path.partition(":")
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg or None)
+    return load(path, lock=False)
 
 
 def _in_subprocess(args: list[str], timeout: float | None = None) -> dict:
