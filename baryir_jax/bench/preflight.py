@@ -788,32 +788,32 @@ def _main(argv=None) -> int:
         "--accelerator", required=True, help="Cloud TPU type: v5e-16 (= v5litepod-16), v6e-8, v4-8, v5p-8, ..."
     )
     p.add_argument(
-        "--per-device-batch",
+        "--per_device_batch",
         type=int,
         default=None,
         help="per-chip batch (default: batch_size / chips); with --find-max-batch, where the search starts",
     )
     p.add_argument(
-        "--find-max-batch",
+        "--find_max_batch",
         action="store_true",
         help="find the largest per-chip batch that fits: compiles N/2 and N (N = --per-device-batch, default 2), "
         "then the batch where the memory line meets the chip's HBM, until it is confirmed",
     )
-    p.add_argument("--skip-eval", action="store_true", help="do not compile the evaluation forward")
+    p.add_argument("--skip_eval", action="store_true", help="do not compile the evaluation forward")
     p.add_argument(
-        "--eval-shapes",
+        "--eval_shapes",
         default=None,
         help="HxW,HxW: evaluation shapes to compile (default: the buckets of config.eval.tasks' test sets)",
     )
     p.add_argument(
-        "--fast-compile",
+        "--fast_compile",
         action="store_true",
         help="least XLA effort: about 2x faster, but memory figures are pessimistic (more temporaries)",
     )
     p.add_argument(
-        "--cpu-cost", action="store_true", help="also compile the step for this CPU and print XLA:CPU's FLOP count"
+        "--cpu_cost", action="store_true", help="also compile the step for this CPU and print XLA:CPU's FLOP count"
     )
-    p.add_argument("--json-only", action="store_true", help="print only the JSON line")
+    p.add_argument("--json_only", action="store_true", help="print only the JSON line")
     from baryir_jax.config import split_overrides
 
     overrides, rest = split_overrides(sys.argv[1:] if argv is None else argv)

@@ -62,13 +62,13 @@ def _main(argv=None) -> int:
     p.add_argument("--checkpoint", required=True, help="the .pth/.pt file")
     p.add_argument("--output", required=True, help="a new (or empty) directory for the converted checkpoint")
     p.add_argument(
-        "--patch-size",
+        "--patch_size",
         type=int,
         default=None,
         help="training patch size of the potentials, a multiple of 8 of at least 16 "
         "(default: read off their shapes; 128 or 144)",
     )
-    p.add_argument("--no-potentials", action="store_true", help="convert the restorer only")
+    p.add_argument("--no_potentials", action="store_true", help="convert the restorer only")
     args = p.parse_args(argv)
 
     from baryir_jax.convert.official import ConversionError, check_patch_size, torch_to_flax
