@@ -40,7 +40,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from baryir_jax import cli
 from baryir_jax.transport import congruence as cg
 from baryir_jax.transport import costs, game, gaussian
 
@@ -288,7 +287,7 @@ def parse_weights(text: str | Sequence[float] | None, k: int) -> np.ndarray:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = cli.ArgumentParser(
+    p = argparse.ArgumentParser(
         prog="python -m baryir_jax.transport.toy",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         description="Train the barycenter max-min game on random Gaussians and score it against the closed "
@@ -300,28 +299,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, required=True, help="outer iterations (potential updates)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--congruence", choices=cg.MODES, default="exact")
-    p.add_argument("--inner_steps", type=int, default=10, help="map updates per potential update")
+    p.add_argument("--inner-steps", type=int, default=10, help="map updates per potential update")
     p.add_argument("--batch", type=int, default=1000, help="samples per source per step")
     p.add_argument("--lr", type=float, default=5e-4, help="Adam learning rate of the maps (and potentials)")
     p.add_argument(
-        "--potential_lr", type=float, default=None, help="Adam learning rate of the potentials (default: --lr)"
+        "--potential-lr", type=float, default=None, help="Adam learning rate of the potentials (default: --lr)"
     )
     p.add_argument("--hidden", type=int, default=None, help="MLP width (default max(100, 2D))")
     p.add_argument("--layers", type=int, default=3, help="hidden layers per MLP")
     p.add_argument("--base", choices=("gaussian", "uniform"), default="gaussian")
-    p.add_argument("--mean_scale", type=float, default=0.0, help="source means ~ mean_scale·N(0, I)")
+    p.add_argument("--mean-scale", type=float, default=0.0, help="source means ~ mean_scale·N(0, I)")
     p.add_argument("--kappa", type=float, default=10.0, help="penalty weight (congruence=penalty)")
-    p.add_argument("--penalty_points", choices=cg.PENALTY_POINTS, default="last")
-    p.add_argument("--potential_update", choices=game.POTENTIAL_UPDATES, default="two_step")
-    p.add_argument("--eval_samples", type=int, default=20000, help="fresh samples per source for the scores")
+    p.add_argument("--penalty-points", choices=cg.PENALTY_POINTS, default="last")
+    p.add_argument("--potential-update", choices=game.POTENTIAL_UPDATES, default="two_step")
+    p.add_argument("--eval-samples", type=int, default=20000, help="fresh samples per source for the scores")
     p.add_argument(
-        "--eval_every",
+        "--eval-every",
         type=int,
         default=0,
         help="also score every N epochs on 4096 samples per source (JSON 'history'; not timed)",
     )
     p.add_argument(
-        "--time_budget",
+        "--time-budget",
         type=float,
         default=None,
         help="stop training after this many seconds (the record says how many epochs ran)",
