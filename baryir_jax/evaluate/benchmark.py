@@ -37,7 +37,8 @@ buckets are their own sizes and nothing is padded. `--max_shapes 0` compiles eve
 name, psnr, ssim, height, width), `table.md` and `table.json` laid out as the paper's Tables 1/2 (per task
 psnr, ssim, count, expected). The average is refused (not printed) when any task has fewer or more images
 than expected, when a data set is missing, or with `--limit`. Exit status: 0 complete, 2 evaluated but the
-average refused, 1 nothing could be evaluated (bad checkpoint, data or arguments).
+average refused, 1 nothing could be evaluated (bad checkpoint, data or arguments), 2 also for a ``--config``
+file, variant or ``--config.KEY=VALUE`` override that cannot work (README: Exit status).
 """
 
 from __future__ import annotations

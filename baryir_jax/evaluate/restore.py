@@ -33,7 +33,8 @@ line and leaves no partial file.
 The checkpoint is a model checkpoint directory (``model_config.json`` + ``params/``), from `baryir-convert`
 (official weights) or from training's export. The summary prints the wall time and the process's peak
 resident memory. Exit status: 0 when at least one image was restored, 1 when none was (or the arguments or the
-checkpoint are unusable), 2 when a full disk stopped the run (the images restored before it are complete).
+checkpoint are unusable), 2 when a full disk stopped the run (the images restored before it are complete) or a
+``--config`` file, variant or ``--config.KEY=VALUE`` override cannot work (README: Exit status).
 """
 
 from __future__ import annotations
