@@ -11,10 +11,15 @@ WORKDIR/config_history/) once the run is known to start or resume. Multi-process
 hosts) call ``jax.distributed.initialize``: automatically on multi-host TPU slices and in SLURM job steps that srun
 launched with several tasks, or with --coordinator_address/--num_processes/--process_id.
 
-Exit codes: 0 done (or preempted by SIGTERM after saving); 2 a config value that cannot work, data not prepared,
-settings a resumed run must keep, or a workdir whose checkpoints all fail to restore (one line on stderr saying
-what to do); 3 training diverged (NaN/inf; nothing non-finite was saved); 4 the processes of a multi-process job
-did not meet (one line naming the coordinator, and --distributed=no to train as one process).
+The config is read by :func:`baryir_jax.config.load` (``FILE[:variant]`` and ``--config.KEY=VALUE`` overrides, as
+every command reads it). Flag names take underscores or hyphens alike (``--distributed_timeout`` =
+``--distributed-timeout``).
+
+Exit codes (:mod:`baryir_jax.errors`): 0 done (or preempted by SIGTERM after saving); 2 a bad flag, a config file,
+variant, key or value that cannot work, data not prepared, settings a resumed run must keep, or a workdir whose
+checkpoints all fail to restore (one line on stderr saying what to do); 3 training diverged (NaN/inf; nothing
+non-finite was saved); 4 the processes of a multi-process job did not meet (one line naming the coordinator, and
+--distributed=no to train as one process); 130 interrupted.
 """
 
 from __future__ import annotations
@@ -26,10 +31,17 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # clu's writers import TensorFlow; keep its start-up quiet
 
 from absl import app, flags  # noqa: E402
-from ml_collections import config_flags  # noqa: E402
 
+from baryir_jax import cli  # noqa: E402
+from baryir_jax.errors import EXIT_DISTRIBUTED, DistributedError, UsageError  # noqa: E402
+
+PROG = "baryir-train"
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Training configuration file (configs/*.py[:arg]).", lock_config=True)
+flags.DEFINE_string(
+    "config",
+    None,
+    "Training configuration file configs/*.py[:variant]; override any field with --config.KEY=VALUE.",
+)
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, logs, the exported model and evaluation.")
 flags.DEFINE_enum(
     "distributed",
@@ -161,12 +173,12 @@ def _initialize_distributed(jax, kwargs: dict, timeout_s: int) -> None:
     def watchdog():  # JAX's client aborts the process (SIGABRT) when its own timeout passes
         if not met.wait(timeout_s):
             print(
-                f"baryir-train: the {n} processes of this job did not all reach the coordinator {addr} within "
+                f"{PROG}: the {n} processes of this job did not all reach the coordinator {addr} within "
                 f"{timeout_s} s (this is process {pid}); {fix}",
                 file=sys.stderr,
                 flush=True,
             )
-            os._exit(4)
+            os._exit(EXIT_DISTRIBUTED)
 
     threading.Thread(target=watchdog, name="baryir-distributed-timeout", daemon=True).start()
     try:
@@ -174,8 +186,7 @@ def _initialize_distributed(jax, kwargs: dict, timeout_s: int) -> None:
     except Exception as e:  # noqa: BLE001  (bad or missing settings, a port in use: one line)
         met.set()
         cause = (str(e).strip().splitlines() or [type(e).__name__])[0]
-        print(f"baryir-train: jax.distributed.initialize failed at {addr}: {cause}; {fix}", file=sys.stderr)
-        sys.exit(4)
+        raise DistributedError(f"jax.distributed.initialize failed at {addr}: {cause}; {fix}") from None
     met.set()
 
 
@@ -197,17 +208,16 @@ def _setup_logging():
     logging.getLogger("baryir_jax").setLevel(logging.INFO)
 
 
-def main(argv):
+def main(argv, overrides=()):
+    """The training run of the parsed flags and the ``--config.KEY=VALUE`` ``overrides``; raises
+    :class:`~baryir_jax.errors.BaryIRError` (exit codes in the module docstring)."""
     if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+        raise UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     _setup_logging()
-    from baryir_jax.config import ConfigError, validate
+    from baryir_jax.config import load, validate
 
-    try:
-        validate(FLAGS.config)  # every field, before any process waits for others or anything compiles
-    except ConfigError as e:
-        print(f"baryir-train: {e}", file=sys.stderr)
-        sys.exit(2)
+    config = load(FLAGS.config, overrides)  # the file, its variant, every override key and value
+    validate(config)  # every field, before any process waits for others or anything compiles
     import jax
 
     kwargs, warning = _distributed_plan()
@@ -215,64 +225,38 @@ def main(argv):
         log.warning("%s", warning)
     if kwargs is not None:
         _initialize_distributed(jax, kwargs, int(FLAGS.distributed_timeout))
+    from baryir_jax.config import ConfigError
     from baryir_jax.data.report import DataError
     from baryir_jax.train.loop import NonFiniteLossError, train_and_evaluate
 
     try:
-        summary = train_and_evaluate(FLAGS.config, FLAGS.workdir)
+        train_and_evaluate(config, FLAGS.workdir)  # done, or preempted after saving: 0 either way
     except NonFiniteLossError as e:
         logging.error("%s", e)
-        print(f"baryir-train: {e}", file=sys.stderr)
-        sys.exit(3)
-    except (ConfigError, DataError) as e:  # a config value that cannot work, data not prepared: say what to do
-        print(f"baryir-train: {e}", file=sys.stderr)
-        sys.exit(2)
-    if summary.get("preempted"):
-        sys.exit(0)
+        raise
+    except DataError as e:  # the data sets config.data.data_dir names are not prepared: a config problem here
+        raise ConfigError(str(e)) from None
+    return 0
 
 
-def _check_config_flags(argv) -> str | None:
-    """A clear message, instead of a traceback, for a config file that is missing or refuses its argument
-    (e.g. an unknown variant) and for --config.KEY overrides that name no field of the config."""
-    path = next((a.split("=", 1)[1] for a in argv if a.startswith("--config=")), None)
-    keys = [a[len("--config.") :].split("=", 1)[0] for a in argv if a.startswith("--config.")]
-    keys += [a[len("--noconfig.") :] for a in argv if a.startswith("--noconfig.")]
-    if not path:
-        return None
-    import importlib.util
-
-    file, _, arg = path.partition(":")
-    if not os.path.isfile(file):
-        return f"--config={path}: no such file"
+def _parse_flags(argv: list[str]) -> list[str]:
+    """absl's flag parsing, its errors as one line (exit 2) instead of absl's usage text."""
     try:
-        spec = importlib.util.spec_from_file_location("baryir_config_check", file)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        config = mod.get_config(arg or None)
-    except ValueError as e:
-        return f"--config={path}: {e}"
-    except Exception as e:  # noqa: BLE001  (a broken config file: say which and what, without the traceback)
-        return f"--config={path}: {type(e).__name__}: {e}"
-    for key in keys:
-        node, done = config, []
-        for part in key.split("."):
-            fields = list(node.keys()) if hasattr(node, "keys") else []
-            if part not in fields:
-                where = ".".join(done) or "the config"
-                return (
-                    f"unknown config key '{key}': {where} has no field '{part}' (its fields: "
-                    f"{', '.join(sorted(fields))})"
-                )
-            node, done = node[part], done + [part]
-    return None
+        return FLAGS(argv)
+    except flags.Error as e:
+        raise UsageError(next((x.strip() for x in str(e).splitlines() if x.strip()), type(e).__name__)) from None
 
 
-def run():  # console-script entry point
-    problem = _check_config_flags(sys.argv[1:])
-    if problem:
-        print(f"baryir-train: {problem}", file=sys.stderr)
-        sys.exit(2)
-    app.run(main)
+def _main(argv=None) -> int:
+    from baryir_jax.config import split_overrides
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    overrides, rest = split_overrides(argv)
+    app.run(lambda a: main(a, overrides), argv=[PROG, *cli.canonical_flags(rest)], flags_parser=_parse_flags)
+    return 0
+
+
+run = cli.console(PROG, _main)  # console-script entry point
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ the prepared benchmark sets instead. Everything but the JSON line goes to stderr
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import datetime
 import json
@@ -17,6 +16,8 @@ import platform
 import sys
 import tempfile
 import time
+
+from baryir_jax import cli
 
 THREE_D = ["derain", "dehaze", "denoise_15", "denoise_25", "denoise_50"]
 
@@ -65,7 +66,7 @@ def measure(
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", default=None, help="prepared data (default: embedded set in a temp folder)")
     parser.add_argument("--collection", default="embedded", choices=("embedded", "benchmark"))
     parser.add_argument("--tasks", nargs="+", default=THREE_D)

@@ -32,7 +32,6 @@ applies to ``--config.dtype=float32`` too (its memory traffic is what grows).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import math
@@ -42,6 +41,9 @@ import resource
 import sys
 import time
 from typing import Any
+
+from baryir_jax import cli
+from baryir_jax.errors import InputError, RunFailed, UsageError
 
 GiB = 2**30
 
@@ -95,7 +97,7 @@ _GRIDS_3D = {
 _ALIASES = {"v5litepod": "v5e", "v5lite": "v5e", "v6": "v6e", "v5": "v5p"}
 
 
-class PreflightError(Exception):
+class PreflightError(UsageError):
     """A bad argument or config: one line, exit status 2."""
 
 
@@ -216,7 +218,7 @@ _OOM_PATTERNS = (
 _UNIT = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 
 
-class OutOfMemory(Exception):
+class OutOfMemory(InputError):
     """XLA:TPU refused the program: it needs ``needed`` bytes per chip of ``available`` (None when the message
     did not say)."""
 
@@ -565,14 +567,14 @@ def run_preflight(
     of the step shown when ``keep_hlo``."""
     import jax
 
-    from baryir_jax.train import state as state_lib
+    from baryir_jax import config as config_lib
 
     devices = topology_devices(acc)
     if len(devices) != acc.chips:
         raise PreflightError(f"libtpu describes {len(devices)} devices for {acc.topology_name}, expected {acc.chips}")
     hosts = len({d.process_index for d in devices})
     usable = usable_hbm(devices, acc.chip.hbm_bytes)
-    conv = state_lib.conv_impl(config, devices)
+    conv = config_lib.conv_impl(config, devices)
     t_all, c_all = time.perf_counter(), _cpu_seconds()
     if per_chip_batch is None and not find_max:
         gb = int(config.data.batch_size)
@@ -759,29 +761,23 @@ def _parse_shapes(spec: str) -> list[tuple[int, int]]:
 
 
 def _load_config(path: str, overrides: list[str]):
-    """The config as ``baryir-train`` reads it: ml_collections' config file flag with --config.KEY=VALUE."""
-    from absl import flags
-    from ml_collections import config_flags
+    """The config as ``baryir-train`` reads it (:func:`baryir_jax.config.load`)."""
+    from baryir_jax.config import load
 
-    from baryir_jax.main import _check_config_flags
+    return load(path, overrides)
 
-    argv = [f"--config={path}", *overrides]
-    problem = _check_config_flags(argv)
-    if problem:
-        raise PreflightError(problem)
-    fv = flags.FlagValues()
-    argv = ["baryir-preflight", *argv]
-    config_flags.DEFINE_config_file("config", None, "config", flag_values=fv, lock_config=True, sys_argv=argv)
-    try:
-        fv(argv)
-    except Exception as e:  # noqa: BLE001 - absl/ml_collections parse errors: first line only
-        raise PreflightError(next((x for x in str(e).splitlines() if x.strip()), type(e).__name__)) from None
-    return fv.config
+
+PROG = "baryir-preflight"
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="baryir-preflight",
+    """``baryir-preflight`` with ``argv``: its exit status (:mod:`baryir_jax.errors`; 1 = does not fit)."""
+    return cli.run_main(PROG, _main, argv)
+
+
+def _main(argv=None) -> int:
+    p = cli.ArgumentParser(
+        prog=PROG,
         description="Compile the training step for a named TPU slice on this machine's CPU (needs libtpu: "
         'pip install -e ".[tpu]") and print the memory per chip, FLOPs, roofline and whether it fits.',
         epilog="Any --config.KEY=VALUE override of baryir-train is accepted (e.g. --config.dtype=bfloat16). Exit "
@@ -792,35 +788,36 @@ def main(argv=None) -> int:
         "--accelerator", required=True, help="Cloud TPU type: v5e-16 (= v5litepod-16), v6e-8, v4-8, v5p-8, ..."
     )
     p.add_argument(
-        "--per-device-batch",
+        "--per_device_batch",
         type=int,
         default=None,
         help="per-chip batch (default: batch_size / chips); with --find-max-batch, where the search starts",
     )
     p.add_argument(
-        "--find-max-batch",
+        "--find_max_batch",
         action="store_true",
         help="find the largest per-chip batch that fits: compiles N/2 and N (N = --per-device-batch, default 2), "
         "then the batch where the memory line meets the chip's HBM, until it is confirmed",
     )
-    p.add_argument("--skip-eval", action="store_true", help="do not compile the evaluation forward")
+    p.add_argument("--skip_eval", action="store_true", help="do not compile the evaluation forward")
     p.add_argument(
-        "--eval-shapes",
+        "--eval_shapes",
         default=None,
         help="HxW,HxW: evaluation shapes to compile (default: the buckets of config.eval.tasks' test sets)",
     )
     p.add_argument(
-        "--fast-compile",
+        "--fast_compile",
         action="store_true",
         help="least XLA effort: about 2x faster, but memory figures are pessimistic (more temporaries)",
     )
     p.add_argument(
-        "--cpu-cost", action="store_true", help="also compile the step for this CPU and print XLA:CPU's FLOP count"
+        "--cpu_cost", action="store_true", help="also compile the step for this CPU and print XLA:CPU's FLOP count"
     )
-    p.add_argument("--json-only", action="store_true", help="print only the JSON line")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    overrides = [a for a in argv if a.startswith(("--config.", "--noconfig."))]
-    args = p.parse_args([a for a in argv if a not in overrides])
+    p.add_argument("--json_only", action="store_true", help="print only the JSON line")
+    from baryir_jax.config import split_overrides
+
+    overrides, rest = split_overrides(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(rest)
     out = sys.stdout
     log = (lambda *a: None) if args.json_only else (lambda msg: print(msg, file=sys.stderr, flush=True))
     try:
@@ -843,19 +840,12 @@ def main(argv=None) -> int:
             options=FAST_COMPILE_OPTIONS if args.fast_compile else None,
             with_cpu_cost=args.cpu_cost,
         )
-    except PreflightError as e:
-        print(f"baryir-preflight: {e}", file=sys.stderr)
-        return 2
     except RuntimeError as e:
-        print(f"baryir-preflight: XLA:TPU could not compile the step: {e}", file=sys.stderr)
-        return 3
-    except Exception as e:  # noqa: BLE001 - a config value that cannot work (ConfigError etc.): one line
-        from baryir_jax.config import ConfigError
-
-        if isinstance(e, (ConfigError, ValueError)):
-            print(f"baryir-preflight: {e}", file=sys.stderr)
-            return 2
-        raise
+        raise RunFailed(f"XLA:TPU could not compile the step: {e}") from None
+    except ValueError as e:  # a config value that cannot work (ConfigError is one): one line
+        if isinstance(e, UsageError):
+            raise
+        raise UsageError(str(e)) from None
     if not args.json_only:
         print_table(report, out)
     print(json.dumps(report), file=out, flush=True)
@@ -867,7 +857,7 @@ def main(argv=None) -> int:
 def run():  # console-script entry point
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # compiling needs no local accelerator (one may be in use)
-    sys.exit(main())
+    cli.console(PROG, _main)()
 
 
 if __name__ == "__main__":

@@ -27,6 +27,8 @@ import time
 
 import numpy as np
 
+from baryir_jax import cli
+
 
 def _peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
@@ -73,7 +75,6 @@ def bench_jax(
     config_path: str, dtype: str, batch: int, patch: int, steps: int, warmup: int, peak: float | None = None
 ) -> dict:
     import jax
-    from ml_collections import config_flags  # noqa: F401  (config files import ml_collections)
 
     from baryir_jax.train import step as step_lib
     from baryir_jax.train.loop import Experiment
@@ -232,13 +233,11 @@ def bench_official(
 
 
 def _load_config(path: str):
-    import importlib.util
+    """``FILE[:variant]`` as every command reads it (:func:`baryir_jax.config.load`), unlocked: the benchmark
+    sets the dtype, batch and patch."""
+    from baryir_jax.config import load
 
-    path, _, arg = path.partition(":")
-    spec = importlib.util.spec_from_file_location("bench_config", path)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod.get_config(arg or None)
+    return load(path, lock=False)
 
 
 def _in_subprocess(args: list[str], timeout: float | None = None) -> dict:
@@ -291,7 +290,7 @@ def ratios(results: list[dict]) -> list[dict]:
 
 def main(argv=None):
     here = os.path.dirname(os.path.abspath(__file__))
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = cli.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default=os.path.join(here, "..", "..", "configs", "three_task.py"))
     p.add_argument("--dtypes", default="float32,bfloat16")
     p.add_argument("--batch", type=int, default=1, help="per device")
@@ -299,13 +298,13 @@ def main(argv=None):
     p.add_argument("--patch", type=int, default=128)
     p.add_argument("--steps", type=int, default=5)
     p.add_argument("--warmup", type=int, default=1)
-    p.add_argument("--official-repo", default=None, help="checkout of github.com/xl-tang3/BaryIR (needs torch)")
+    p.add_argument("--official_repo", default=None, help="checkout of github.com/xl-tang3/BaryIR (needs torch)")
     p.add_argument(
-        "--official-batches", default=None, help="batches of the official iteration (default: the first batch)"
+        "--official_batches", default=None, help="batches of the official iteration (default: the first batch)"
     )
-    p.add_argument("--official-bf16", action="store_true", help="also time the official iteration in bf16 autocast")
-    p.add_argument("--peak-tflops", type=float, default=None, help="the device's peak for the MFU (default: table)")
-    p.add_argument("--each-timeout", type=float, default=None, help="seconds per measurement (a fresh process)")
+    p.add_argument("--official_bf16", action="store_true", help="also time the official iteration in bf16 autocast")
+    p.add_argument("--peak_tflops", type=float, default=None, help="the device's peak for the MFU (default: table)")
+    p.add_argument("--each_timeout", type=float, default=None, help="seconds per measurement (a fresh process)")
     p.add_argument("--budget", type=float, default=None, help="seconds in all; later measurements are skipped")
     p.add_argument("--out", default=None, help="write the summary JSON here")
     p.add_argument("--jsonl", default=None, help="append every result here as soon as it exists")

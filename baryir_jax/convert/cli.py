@@ -8,7 +8,6 @@ or not writable), found before any conversion work.
 
 from __future__ import annotations
 
-import argparse
 import errno
 import logging
 import os
@@ -17,10 +16,10 @@ import sys
 import tempfile
 import time
 
+from baryir_jax import cli
+from baryir_jax.errors import InputError, UsageError
 
-def _fail(msg: str, code: int) -> int:
-    print(f"baryir-convert: {msg}", file=sys.stderr)
-    return code
+PROG = "baryir-convert"
 
 
 def _check_output(out: str) -> str | None:
@@ -48,8 +47,13 @@ def _check_output(out: str) -> str | None:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="baryir-convert",
+    """``baryir-convert`` with ``argv``: its exit status (module docstring)."""
+    return cli.run_main(PROG, _main, argv)
+
+
+def _main(argv=None) -> int:
+    p = cli.ArgumentParser(
+        prog=PROG,
         description="Convert an official BaryIR PyTorch checkpoint (a whole pickled model as saved by the official "
         "trainer, or a state dict) into a baryir_jax model checkpoint directory. The file is read "
         "without PyTorch, and without running any code it contains.",
@@ -58,13 +62,13 @@ def main(argv=None) -> int:
     p.add_argument("--checkpoint", required=True, help="the .pth/.pt file")
     p.add_argument("--output", required=True, help="a new (or empty) directory for the converted checkpoint")
     p.add_argument(
-        "--patch-size",
+        "--patch_size",
         type=int,
         default=None,
         help="training patch size of the potentials, a multiple of 8 of at least 16 "
         "(default: read off their shapes; 128 or 144)",
     )
-    p.add_argument("--no-potentials", action="store_true", help="convert the restorer only")
+    p.add_argument("--no_potentials", action="store_true", help="convert the restorer only")
     args = p.parse_args(argv)
 
     from baryir_jax.convert.official import ConversionError, check_patch_size, torch_to_flax
@@ -73,26 +77,26 @@ def main(argv=None) -> int:
     # Arguments first: nothing is read or converted before they are known to be usable.
     ckpt = args.checkpoint
     if not os.path.exists(ckpt):
-        return _fail(f"no such file: {ckpt}", 2)
+        raise UsageError(f"no such file: {ckpt}")
     if not os.path.isfile(ckpt):
-        return _fail(f"{ckpt} is not a regular file", 2)
+        raise UsageError(f"{ckpt} is not a regular file")
     try:
         check_patch_size(args.patch_size)
     except ConversionError as e:
-        return _fail(str(e), 2)
+        raise UsageError(str(e)) from None
     problem = _check_output(args.output)
     if problem:
-        return _fail(problem, 2)
+        raise UsageError(problem)
 
     t0 = time.perf_counter()
     try:
         out = torch_to_flax(ckpt, patch_size=args.patch_size, warn=lambda m: print(m, file=sys.stderr))
     except UnsafeCheckpointError as e:
-        return _fail(f"{ckpt}: {e}", 1)
+        raise InputError(f"{ckpt}: {e}") from None
     except CheckpointFormatError as e:
-        return _fail(f"{ckpt} is not a readable PyTorch checkpoint: {e}", 1)
+        raise InputError(f"{ckpt} is not a readable PyTorch checkpoint: {e}") from None
     except ConversionError as e:
-        return _fail(f"{ckpt}: {e}", 1)
+        raise InputError(f"{ckpt}: {e}") from None
     t_read = time.perf_counter() - t0
     pots = None if args.no_potentials else out["potentials"]
 
@@ -117,7 +121,7 @@ def main(argv=None) -> int:
         _remove_output(args.output, created)
         full = (isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT)) or "No space left" in str(e)
         why = "the disk is full" if full else describe_error(e)
-        return _fail(f"cannot write the converted checkpoint to {args.output} ({why}); nothing was kept", 1)
+        raise InputError(f"cannot write the converted checkpoint to {args.output} ({why}); nothing was kept") from None
     finally:
         absl_logger.setLevel(level)
     total = time.perf_counter() - t0
@@ -152,8 +156,7 @@ def _remove_output(out: str, created: str | None) -> None:
             os.remove(path)
 
 
-def run():  # console-script entry point
-    sys.exit(main())
+run = cli.console(PROG, _main)  # console-script entry point
 
 
 if __name__ == "__main__":

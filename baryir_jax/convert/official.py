@@ -38,6 +38,7 @@ from baryir_jax.convert.torch_pickle import (
     describe_error,
     open_torch_checkpoint,
 )
+from baryir_jax.errors import InputError
 from baryir_jax.models.barynet import BaryNet
 from baryir_jax.models.potentials import Potentials
 
@@ -50,7 +51,7 @@ _RESTORER_ANCHOR = "patch_embed.proj.weight"
 _POTENTIALS_ANCHOR = "potentials.0.0.weight"
 
 
-class ConversionError(ValueError):
+class ConversionError(InputError, ValueError):
     """The checkpoint does not hold a BaryNet/Potentials this converter can map; the message (one line) says
     which key."""
 

@@ -48,6 +48,8 @@ from typing import Any
 import ml_dtypes
 import numpy as np
 
+from baryir_jax.errors import InputError
+
 # Classes of torch.nn whose pickled instances only carry parameters, buffers and submodules.
 _TORCH_MODULE_CLASSES = {
     "torch.nn.modules.container": {"Sequential", "ModuleList", "ModuleDict", "ParameterList", "ParameterDict"},
@@ -110,11 +112,11 @@ MALFORMED_ERRORS = (
 )
 
 
-class UnsafeCheckpointError(pickle.UnpicklingError):
+class UnsafeCheckpointError(InputError, pickle.UnpicklingError):
     """The checkpoint's pickle names a global that is not on the allow-list; nothing of it was run."""
 
 
-class CheckpointFormatError(ValueError):
+class CheckpointFormatError(InputError, ValueError):
     """The file is not a PyTorch checkpoint this reader can read; the message is the reason (no file name)."""
 
 

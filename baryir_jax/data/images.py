@@ -27,10 +27,12 @@ import stat
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from baryir_jax.errors import InputError
+
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
 
-class ImageProblem(Exception):
+class ImageProblem(InputError):
     """A file that cannot be used: `kind` is 'unreadable' or 'refused'."""
 
     def __init__(self, kind: str, message: str):

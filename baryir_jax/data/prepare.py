@@ -16,10 +16,10 @@ import dataclasses
 import json
 import re
 import shutil
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from baryir_jax import cli
 from baryir_jax.data.report import DataError, Report
 
 DATASETS = (
@@ -156,9 +156,18 @@ def _remove_incomplete(builder) -> None:
         shutil.rmtree(version_dir, ignore_errors=True)
 
 
+PROG = "baryir-prepare"
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="baryir-prepare",
+    """``baryir-prepare`` with ``argv``: its exit status (:mod:`baryir_jax.errors`; 2 also = --verify found
+    inputs that differ from their manifest)."""
+    return cli.run_main(PROG, _main, argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    parser = cli.ArgumentParser(
+        prog=PROG,
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
@@ -179,37 +188,32 @@ def main(argv: list[str] | None = None) -> int:
         help="cbsd68/embedded: re-check the prepared frozen noisy inputs against their manifest",
     )
     args = parser.parse_args(argv)
-    try:
-        if args.verify:
-            from baryir_jax.data import frozen
+    if args.verify:
+        from baryir_jax.data import frozen
 
-            problems = frozen.verify_frozen_inputs(args.data_dir, args.dataset)
-            for p in problems:
-                print("MISMATCH", p)
-            manifest = frozen.read_manifest(args.data_dir, args.dataset)
-            print(
-                f"{args.dataset}: {manifest['count']} frozen inputs, fingerprint {manifest['fingerprint']}: "
-                + ("OK" if not problems else f"{len(problems)} problem(s)")
-            )
-            return 2 if problems else 0
-        if args.dataset != "embedded" and not args.manual_dir:
-            parser.error(f"--manual_dir is required for --dataset {args.dataset}")
-        prepare(
-            args.dataset,
-            args.data_dir,
-            args.manual_dir,
-            name=args.name,
-            overwrite=args.overwrite,
-            progress=not args.no_progress,
+        problems = frozen.verify_frozen_inputs(args.data_dir, args.dataset)
+        for p in problems:
+            print("MISMATCH", p)
+        manifest = frozen.read_manifest(args.data_dir, args.dataset)
+        print(
+            f"{args.dataset}: {manifest['count']} frozen inputs, fingerprint {manifest['fingerprint']}: "
+            + ("OK" if not problems else f"{len(problems)} problem(s)")
         )
-    except DataError as e:
-        print(f"baryir-prepare: {e}", file=sys.stderr)
-        return 1
+        return 2 if problems else 0
+    if args.dataset != "embedded" and not args.manual_dir:
+        parser.error(f"--manual_dir is required for --dataset {args.dataset}")
+    prepare(
+        args.dataset,
+        args.data_dir,
+        args.manual_dir,
+        name=args.name,
+        overwrite=args.overwrite,
+        progress=not args.no_progress,
+    )
     return 0
 
 
-def run() -> None:
-    sys.exit(main())
+run = cli.console(PROG, _main)  # console-script entry point
 
 
 if __name__ == "__main__":

@@ -7,6 +7,8 @@ import dataclasses
 import json
 from collections.abc import Iterable
 
+from baryir_jax.errors import InputError
+
 # Everything a builder can find wrong, in the order the summary prints them.
 KINDS = {
     "missing": "missing files",
@@ -19,7 +21,7 @@ KINDS = {
 DETAIL_LINES = 12  # per kind in the printed summary; the JSON report has them all
 
 
-class DataError(Exception):
+class DataError(InputError):
     """The manual_dir cannot be built as it is: raised before anything is written. The message says what is
     wrong, where, and how to fix it."""
 

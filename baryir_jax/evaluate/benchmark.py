@@ -37,7 +37,8 @@ buckets are their own sizes and nothing is padded. `--max_shapes 0` compiles eve
 name, psnr, ssim, height, width), `table.md` and `table.json` laid out as the paper's Tables 1/2 (per task
 psnr, ssim, count, expected). The average is refused (not printed) when any task has fewer or more images
 than expected, when a data set is missing, or with `--limit`. Exit status: 0 complete, 2 evaluated but the
-average refused, 1 nothing could be evaluated (bad checkpoint, data or arguments).
+average refused, 1 nothing could be evaluated (bad checkpoint, data or arguments), 2 also for a ``--config``
+file, variant or ``--config.KEY=VALUE`` override that cannot work (README: Exit status).
 """
 
 from __future__ import annotations
@@ -55,6 +56,9 @@ from collections.abc import Callable, Iterator
 import numpy as np
 from PIL import Image
 
+from baryir_jax import cli
+from baryir_jax import config as config_lib
+from baryir_jax.errors import BaryIRError, InputError, UsageError
 from baryir_jax.evaluate import shapes as shapes_lib
 from baryir_jax.evaluate import unseen as unseen_lib
 from baryir_jax.evaluate.checkpoint import CheckpointError, Restorer, describe, save_json
@@ -555,9 +559,12 @@ def render_markdown(table: dict) -> str:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="baryir-evaluate",
+PROG = "baryir-evaluate"
+
+
+def build_parser() -> cli.ArgumentParser:
+    p = cli.ArgumentParser(
+        prog=PROG,
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
@@ -568,7 +575,7 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="config file (path.py or path.py:ARG) with get_config(): "
         "config.model (BaryNet arguments, needed only without model_config.json; dtype) and "
-        "config.data.data_dir",
+        "config.data.data_dir; --config.KEY=VALUE overrides its fields",
     )
     p.add_argument("--data_dir", default=None, help="prepared data sets (default: config.data.data_dir)")
     p.add_argument("--benchmark", required=True, choices=tuple(BENCHMARKS))
@@ -607,14 +614,22 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
-    from baryir_jax.evaluate.checkpoint import config_collection, config_data_dir, load_config, load_restorer
+    """``baryir-evaluate`` with ``argv``: its exit status (:mod:`baryir_jax.errors`; 2 also = average refused)."""
+    return cli.run_main(PROG, _main, argv)
+
+
+def _main(argv=None) -> int:
+    overrides, rest = config_lib.split_overrides(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(rest)
+    from baryir_jax.evaluate.checkpoint import load_restorer
 
     bench = BENCHMARKS[args.benchmark]
+    if overrides and not args.config:
+        raise UsageError(f"{overrides[0]}: --config.KEY overrides need --config FILE")
     try:
-        config = load_config(args.config) if args.config else None
-        data_dir = args.data_dir or config_data_dir(config)
-        collection = args.collection or config_collection(config) or "benchmark"
+        config = config_lib.load(args.config, overrides) if args.config else None
+        data_dir = args.data_dir or config_lib.data_dir(config)
+        collection = args.collection or config_lib.collection(config) or "benchmark"
         if collection not in ("benchmark", "embedded"):
             raise CheckpointError(f"config.data.collection is {collection!r}; evaluation knows benchmark and embedded.")
         if not data_dir:
@@ -637,9 +652,10 @@ def main(argv=None) -> int:
         if args.expected:
             expected.update(parse_expected(args.expected, bench.tasks))
         restorer = load_restorer(args.checkpoint, config, args.dtype)
-    except (CheckpointError, ValueError) as e:
-        print(f"baryir-evaluate: {e}", file=sys.stderr)
-        return 1
+    except ValueError as e:  # an argument that cannot work (exit 1, as it always was); config problems: 2
+        if isinstance(e, BaryIRError):
+            raise
+        raise InputError(str(e)) from None
     restorer.name = args.name
     output = args.output or f"baryir_eval_{args.benchmark}"
     entries: list = []
@@ -687,8 +703,7 @@ def main(argv=None) -> int:
     return 0 if table["average"] is not None else 2
 
 
-def run() -> None:  # console-script entry point
-    sys.exit(main())
+run = cli.console(PROG, _main)  # console-script entry point
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import dataclasses
 import functools
-import importlib.util
 import json
 import os
 import warnings
@@ -26,30 +25,18 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from baryir_jax import config as config_lib
+from baryir_jax.config import ARCH_KEYS
+from baryir_jax.config import load as load_config  # noqa: F401  (the one config loader; importable here too)
+from baryir_jax.errors import InputError
 from baryir_jax.evaluate import metrics
 from baryir_jax.models import BaryNet
-from baryir_jax.models.layers import resolve_conv_impl
 
 CONFIG_FILE = "model_config.json"
 PARAMS_DIR = "params"
-# BaryNet arguments that change the parameter tree: a config that disagrees with the checkpoint on them is refused.
-ARCH_KEYS = (
-    "inp_channels",
-    "out_channels",
-    "dim",
-    "num_blocks",
-    "num_refinement_blocks",
-    "heads",
-    "ffn_expansion_factor",
-    "use_bias",
-    "layernorm_type",
-    "bary_blocks",
-    "residual_scale",
-)
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
 
-class CheckpointError(Exception):
+class CheckpointError(InputError):
     """The checkpoint or config cannot be used; the message says what, where and how to fix it."""
 
 
@@ -88,69 +75,6 @@ def clean_async_teardown():
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", DeprecationWarning)
             asyncio.set_event_loop_policy(previous)
-
-
-def resolve_dtype(dtype) -> Any:
-    if dtype is None:
-        return jnp.float32
-    if isinstance(dtype, str):
-        if dtype not in DTYPES:
-            raise CheckpointError(f"unknown dtype {dtype!r}: use one of {', '.join(DTYPES)}.")
-        return DTYPES[dtype]
-    return dtype
-
-
-def load_config(spec: str):
-    """An ml_collections config file ``path.py`` or ``path.py:arg`` → ``get_config(arg)`` (``get_config()``
-    without an argument)."""
-    path, arg = spec, None
-    if ":" in spec and not os.path.exists(spec):
-        path, arg = spec.rsplit(":", 1)
-    if not os.path.isfile(path):
-        raise CheckpointError(
-            f"--config {spec}: no such file {path} (give a Python file defining get_config(), "
-            "optionally followed by :ARG)."
-        )
-    mod_spec = importlib.util.spec_from_file_location(f"_baryir_eval_config_{abs(hash(path))}", path)
-    module = importlib.util.module_from_spec(mod_spec)
-    try:
-        mod_spec.loader.exec_module(module)
-    except Exception as e:  # noqa: BLE001 - user file
-        raise CheckpointError(f"--config {path}: importing it failed: {type(e).__name__}: {e}") from None
-    if not hasattr(module, "get_config"):
-        raise CheckpointError(f"--config {path} defines no get_config().")
-    return module.get_config(arg) if arg is not None else module.get_config()
-
-
-def _as_dict(cfg) -> dict:
-    if cfg is None:
-        return {}
-    if hasattr(cfg, "to_dict"):
-        cfg = cfg.to_dict()
-    return {k: (tuple(v) if isinstance(v, list) else v) for k, v in dict(cfg).items()}
-
-
-def config_model_kwargs(config) -> dict:
-    """BaryNet keyword arguments from ``config.model`` (``bary_blocks < 0`` means the default, None), plus
-    ``dtype`` from ``config.model.dtype`` or the top-level ``config.dtype``."""
-    model = getattr(config, "model", None) if config is not None else None
-    kw = _as_dict(model)
-    if kw.get("bary_blocks") is not None and int(kw["bary_blocks"]) < 0:
-        kw["bary_blocks"] = None
-    top_dtype = getattr(config, "dtype", None) if config is not None else None
-    if "dtype" not in kw and isinstance(top_dtype, str):
-        kw["dtype"] = top_dtype
-    return kw
-
-
-def config_data_dir(config) -> str | None:
-    data = getattr(config, "data", None) if config is not None else None
-    return getattr(data, "data_dir", None) or None if data is not None else None
-
-
-def config_collection(config) -> str | None:
-    data = getattr(config, "data", None) if config is not None else None
-    return getattr(data, "collection", None) or None if data is not None else None
 
 
 def numpy_init(module: BaryNet, seed: int = 0):
@@ -248,8 +172,8 @@ def load_restorer(checkpoint: str, config=None, dtype: str | None = None) -> Res
         )
     has_cfg = os.path.isfile(os.path.join(directory, CONFIG_FILE))
     has_params = os.path.isdir(os.path.join(directory, PARAMS_DIR))
-    cfg_model = config_model_kwargs(config)
-    cfg_dtype = cfg_model.pop("dtype", None)
+    cfg_model = config_lib.model_kwargs(config)
+    cfg_dtype = config_lib.dtype_name(config)
     if not has_params:
         hint = ""
         if any(n.isdigit() for n in os.listdir(directory)):
@@ -279,7 +203,7 @@ def load_restorer(checkpoint: str, config=None, dtype: str | None = None) -> Res
                 "the checkpoint was trained with."
             )
     else:
-        if not cfg_model:
+        if not cfg_model and not getattr(config, "model", None):
             raise CheckpointError(
                 f"{directory} has {PARAMS_DIR}/ but no {CONFIG_FILE}: give --config FILE whose "
                 "config.model holds the BaryNet arguments (dim, num_blocks, ...)."
@@ -298,11 +222,9 @@ def load_restorer(checkpoint: str, config=None, dtype: str | None = None) -> Res
         params = tree.get("barynet", tree) if isinstance(tree, dict) else tree
         meta = {"barynet": cfg_model}
     want = dtype if dtype is not None else (cfg_dtype if cfg_dtype is not None else module.dtype)
-    try:  # the depthwise convolutions for the devices this process runs on (config.model.conv_impl, or auto)
-        impl = resolve_conv_impl(str(cfg_model.get("conv_impl", "auto")), jax.devices())
-    except ValueError as e:
-        raise CheckpointError(f"config.model.conv_impl: {e}") from None
-    module = module.clone(dtype=resolve_dtype(want), conv_impl=impl)
+    # the depthwise convolutions for the devices this process runs on (config.model.conv_impl, or auto)
+    impl = config_lib.conv_impl(config)
+    module = module.clone(dtype=config_lib.compute_dtype(want), conv_impl=impl)
     _check_params(module, params, directory)
     return Restorer(module, params, meta, directory)
 

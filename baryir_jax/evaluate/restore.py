@@ -33,7 +33,8 @@ line and leaves no partial file.
 The checkpoint is a model checkpoint directory (``model_config.json`` + ``params/``), from `baryir-convert`
 (official weights) or from training's export. The summary prints the wall time and the process's peak
 resident memory. Exit status: 0 when at least one image was restored, 1 when none was (or the arguments or the
-checkpoint are unusable), 2 when a full disk stopped the run (the images restored before it are complete).
+checkpoint are unusable), 2 when a full disk stopped the run (the images restored before it are complete) or a
+``--config`` file, variant or ``--config.KEY=VALUE`` override cannot work (README: Exit status).
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image
 
+from baryir_jax import cli
+from baryir_jax import config as config_lib
+from baryir_jax.errors import BaryIRError, InputError, UsageError
 from baryir_jax.evaluate.metrics import quantize_np
 from baryir_jax.evaluate.shapes import MULTIPLE, pad_to, round_up
 
@@ -381,9 +385,18 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0  # Linux: KiB
 
 
+PROG = "baryir-restore"
+
+
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
-        prog="baryir-restore",
+    """``baryir-restore`` with ``argv``: its exit status (:mod:`baryir_jax.errors`; 2 also = stopped by a full
+    disk)."""
+    return cli.run_main(PROG, _main, argv)
+
+
+def _main(argv=None) -> int:
+    p = cli.ArgumentParser(
+        prog=PROG,
         description=__doc__.split("\n")[0],
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
@@ -394,11 +407,20 @@ def main(argv=None) -> int:
     p.add_argument("--tile", type=int, default=512, help="tile size, a multiple of 8 (0: whole images)")
     p.add_argument("--overlap", type=int, default=32, help="overlap of neighbouring tiles in pixels")
     p.add_argument("--batch", type=int, default=1, help="tiles per network call")
-    p.add_argument("--config", default=None, help="config file, only for a checkpoint without model_config.json")
+    p.add_argument(
+        "--config",
+        default=None,
+        help="config file FILE[:variant], only for a checkpoint without model_config.json; --config.KEY=VALUE "
+        "overrides its fields",
+    )
     p.add_argument("--dtype", default=None, choices=("float32", "bfloat16"), help="compute dtype override")
-    args = p.parse_args(argv)
+    overrides, rest = config_lib.split_overrides(sys.argv[1:] if argv is None else argv)
+    args = p.parse_args(rest)
     from baryir_jax.data.images import ImageProblem
-    from baryir_jax.evaluate.checkpoint import CheckpointError, load_config, load_restorer
+    from baryir_jax.evaluate.checkpoint import load_restorer
+
+    if overrides and not args.config:
+        raise UsageError(f"{overrides[0]}: --config.KEY overrides need --config FILE")
 
     t0 = time.perf_counter()
     try:
@@ -420,10 +442,12 @@ def main(argv=None) -> int:
                 ".tiff, .webp, .ppm, .pgm)" + (f"; {ignored} other file(s) ignored" if ignored else "") + "."
             )
         plan, skipped = plan_destinations(inputs, out_root, input_tree_files(args.input, exclude))
-        restorer = load_restorer(args.checkpoint, load_config(args.config) if args.config else None, args.dtype)
-    except (CheckpointError, ValueError) as e:
-        print(f"baryir-restore: {e}", file=sys.stderr)
-        return 1
+        config = config_lib.load(args.config, overrides) if args.config else None
+        restorer = load_restorer(args.checkpoint, config, args.dtype)
+    except ValueError as e:  # an argument that cannot work (exit 1, as it always was); config problems: 2
+        if isinstance(e, BaryIRError):
+            raise
+        raise InputError(str(e)) from None
     for line in skipped:
         print(f"skipped {line}", file=sys.stderr)
     done, renamed, stopped = 0, 0, None
@@ -482,8 +506,7 @@ def main(argv=None) -> int:
     return 0 if done else 1
 
 
-def run() -> None:  # console-script entry point
-    sys.exit(main())
+run = cli.console(PROG, _main)  # console-script entry point
 
 
 if __name__ == "__main__":

@@ -22,7 +22,6 @@ build: a different one changes the fingerprint (the manifest says which one made
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
 import os
@@ -32,6 +31,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from baryir_jax import cli
 from baryir_jax.data import degradations
 
 NOISE_SIGMA = 15.0
@@ -148,7 +148,7 @@ def compare_manifests(reference: dict, current: dict) -> list[str]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(
+    p = cli.ArgumentParser(
         prog="python -m baryir_jax.evaluate.unseen",
         description="Write the unseen-degradation suite as PNG files plus its checksum "
         "manifest, to score other methods on identical inputs.",

@@ -27,11 +27,13 @@ import numpy as np
 import orbax.checkpoint as ocp
 from jax.sharding import AxisType, Mesh
 
+from baryir_jax import config as config_lib
 from baryir_jax.config import ConfigError, mixture_multipliers
 from baryir_jax.config import validate as validate_config
 from baryir_jax.data import pipeline as data_pipeline
 from baryir_jax.data import sources as data_sources
 from baryir_jax.data.to_mesh import host_batch_to_global
+from baryir_jax.errors import RunFailed
 from baryir_jax.evaluate import metrics as eval_metrics
 from baryir_jax.evaluate.restore import restore_float
 from baryir_jax.models.io import as_path, load_model_checkpoint, save_model_checkpoint
@@ -43,7 +45,7 @@ from baryir_jax.transport.congruence import PotentialIndex, lambdas_from_counts
 log = logging.getLogger("baryir_jax.train")
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(RunFailed, RuntimeError):
     """Training diverged: a loss, or a player's parameters or optimizer state, became NaN/inf. The run stopped
     without saving it; its newest checkpoint (if any) is finite. ``baryir-train`` exits with code 3."""
 
@@ -75,18 +77,6 @@ def make_mesh(devices=None) -> Mesh:
     passes the devices of a TPU topology to compile for a slice it does not have."""
     devices = jax.devices() if devices is None else devices
     return Mesh(np.array(devices), ("data",), axis_types=(AxisType.Auto,))
-
-
-def resolve_data_dir(config, workdir: str) -> str:
-    d = config.data
-    if d.data_dir:
-        return d.data_dir
-    if d.collection == "embedded":
-        return os.fspath(as_path(workdir) / "data")
-    raise ConfigError(
-        "config.data.data_dir is empty: point it at the directory where baryir-prepare wrote the "
-        "data sets (--config.data.data_dir=DIR), or use --config.data.collection=embedded"
-    )
 
 
 def ensure_embedded_prepared(data_dir: str) -> None:
@@ -124,7 +114,7 @@ class Experiment:
                 f"config.data.batch_size={gb} must be divisible by config.train.grad_accum_steps="
                 f"{config.train.grad_accum_steps}"
             )
-        self.data_dir = resolve_data_dir(config, workdir) if with_data else config.data.data_dir
+        self.data_dir = config_lib.data_dir(config, workdir) if with_data else config.data.data_dir
         self.multipliers, ignored = mixture_multipliers(config)
         if ignored:
             log.info(
@@ -564,7 +554,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 save_model_checkpoint(
                     directory,
                     params,
-                    state_lib.barynet_kwargs(config),
+                    config_lib.model_kwargs(config),
                     potentials,
                     dict(
                         num_potentials=exp.index.num_potentials,

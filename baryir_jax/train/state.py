@@ -7,12 +7,11 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import optax
 
+from baryir_jax import config as config_lib
 from baryir_jax.config import ConfigError, large_batch_problems
 from baryir_jax.models import BaryNet, Potentials
-from baryir_jax.models.layers import resolve_conv_impl
 from baryir_jax.transport.game import GameState
 
 PyTree = Any
@@ -39,45 +38,14 @@ class TrainState(NamedTuple):
         )
 
 
-def barynet_kwargs(config: ml_collections.ConfigDict) -> dict[str, Any]:
-    m = config.model
-    kw = dict(
-        dim=int(m.dim),
-        num_blocks=tuple(int(x) for x in m.num_blocks),
-        num_refinement_blocks=int(m.num_refinement_blocks),
-        heads=tuple(int(x) for x in m.heads),
-        ffn_expansion_factor=float(m.ffn_expansion_factor),
-        bary_blocks=None if int(m.bary_blocks) < 0 else int(m.bary_blocks),
-        residual_scale=float(m.residual_scale),
-    )
-    if any(kw["dim"] * 2**i % h for i, h in enumerate(kw["heads"])):
-        raise ConfigError(
-            f"config.model: every level's width dim·2^i must divide by its heads; got dim {kw['dim']}, "
-            f"heads {kw['heads']}"
-        )
-    return kw
-
-
-def compute_dtype(config) -> Any:
-    if config.dtype not in ("float32", "bfloat16"):
-        raise ConfigError(f"config.dtype must be 'float32' or 'bfloat16', got {config.dtype!r}")
-    return jnp.bfloat16 if config.dtype == "bfloat16" else jnp.float32
-
-
-def conv_impl(config, devices=None) -> str:
-    """``config.model.conv_impl`` for a step compiled for ``devices`` (default ``jax.devices()``): 'auto' becomes
-    'shifted' for CPUs and 'native' for TPUs/GPUs (:func:`baryir_jax.models.layers.resolve_conv_impl`)."""
-    setting = str(config.model.get("conv_impl", "auto"))
-    try:
-        return resolve_conv_impl(setting, jax.devices() if devices is None else devices)
-    except ValueError as e:
-        raise ConfigError(f"config.model.conv_impl: {e}") from None
-
-
 def build_models(config, num_potentials: int, devices=None) -> tuple[BaryNet, Potentials]:
     """BaryNet and the potentials of ``config``, their depthwise convolutions chosen for ``devices`` (the devices
     of the mesh the step is compiled for; default ``jax.devices()``)."""
-    barynet = BaryNet(**barynet_kwargs(config), dtype=compute_dtype(config), conv_impl=conv_impl(config, devices))
+    barynet = BaryNet(
+        **config_lib.model_kwargs(config),
+        dtype=config_lib.compute_dtype(config.dtype),
+        conv_impl=config_lib.conv_impl(config, devices),
+    )
     potentials = Potentials(
         num_potentials=num_potentials, channels=8 * int(config.model.dim), patch_size=int(config.data.patch_size)
     )
