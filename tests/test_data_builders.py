@@ -342,3 +342,15 @@ def test_cli_prints_the_summary_reuses_and_refuses(prepared, tmp_path, capsys):
     with pytest.raises(SystemExit):
         prepare_main(["--dataset", "rain100l", "--data_dir", str(tmp_path)])  # --manual_dir required
     shutil.rmtree(tmp_path / "gray")
+
+
+def test_file_name_stems_and_pixel_checksum():
+    """The one `stem` (seeds of the frozen and unseen inputs), `drop_extension` (stored keys, folders kept) and
+    `pixel_sha256` (manifests) every module uses; cost: microseconds."""
+    from baryir_jax.data.images import drop_extension, pixel_sha256, stem
+
+    assert stem("test/cbsd68/0001.png") == "0001" and stem("rain-1") == "rain-1" and stem("a.b/x") == "x"
+    assert stem("x.tar.gz") == "x.tar"
+    assert drop_extension("part1/0025_0.8_0.04.jpg") == "part1/0025_0.8_0.04" and drop_extension("a.b/x") == "a.b/x"
+    img = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    assert pixel_sha256(img) == hashlib.sha256(b"2x3x3:" + bytes(range(18))).hexdigest()

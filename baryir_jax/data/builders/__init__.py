@@ -23,17 +23,7 @@ from baryir_jax.data.builders.embedded import Embedded
 from baryir_jax.data.builders.paired_folder import PairedFolder
 
 BUILDERS = {**BENCHMARK_BUILDERS, Embedded.name: Embedded, PairedFolder.name: PairedFolder}
-DATASET_NAMES = (
-    "denoise_train",
-    "rain100l",
-    "reside_ots",
-    "sots_outdoor",
-    "gopro",
-    "lol_v1",
-    "cbsd68",
-    "embedded",
-    "paired_folder",
-)
+DATASET_NAMES = tuple(BUILDERS)  # what `baryir-prepare --dataset` accepts
 
 __all__ = [
     "BUILDERS",

@@ -7,8 +7,8 @@ from pathlib import Path
 
 from baryir_jax.data import degradations
 from baryir_jax.data.builders.base import RestorationBuilder
-from baryir_jax.data.builders.folders import Item, find_required, list_images, show, stem
-from baryir_jax.data.images import ImageProblem, encode_png, is_grayscale_content, load_image_file
+from baryir_jax.data.builders.folders import Item, find_required, list_images, show
+from baryir_jax.data.images import ImageProblem, drop_extension, encode_png, is_grayscale_content, load_image_file, stem
 from baryir_jax.data.report import DataError, Report
 
 CBSD68_COUNT = 68
@@ -32,7 +32,7 @@ def scan_cbsd68(root: Path, report: Report) -> list[Item]:
     if "noisy" in d.name.lower():
         raise DataError(f"cbsd68: {show(d)} holds noisy images; point to the clean originals. {GET_CBSD68}")
     files = list_images(d, report, "all")
-    return [Item(key=stem(f), name=f, clean=str(d / f), clean_name=f) for f in files]
+    return [Item(key=drop_extension(f), name=f, clean=str(d / f), clean_name=f) for f in files]
 
 
 CBSD68_SIGMAS = (15, 25, 50)
@@ -90,5 +90,5 @@ class Cbsd68(RestorationBuilder):
             return None
         if split == f"sigma{CBSD68_SIGMAS[0]}":
             self._stored(split, (item.clean, clean))
-        noisy = degradations.frozen_noisy(clean.decode(), stem(os.path.basename(item.name)), sigma)
+        noisy = degradations.frozen_noisy(clean.decode(), stem(item.name), sigma)
         return {"degraded": encode_png(noisy), "clean": clean.encoded, "name": item.name, "clean_name": item.clean_name}

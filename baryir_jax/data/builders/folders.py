@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
-from baryir_jax.data.images import is_image_file
+from baryir_jax.data.images import drop_extension, is_image_file
 from baryir_jax.data.report import DataError, Report, first
 
 IGNORED_FILES = {"thumbs.db", "desktop.ini"}
@@ -114,10 +114,6 @@ def show(path: Path | str) -> str:
     return Path(path).as_posix()
 
 
-def stem(rel: str) -> str:
-    return rel.rsplit(".", 1)[0] if "." in os.path.basename(rel) else rel
-
-
 def pair(
     split: str,
     report: Report,
@@ -172,7 +168,9 @@ def pair(
         d = degs[k]
         if k in cleans:
             c = cleans[k]
-            items.append(Item(key=stem(d), name=d, clean=str(clean_dir / c), clean_name=c, degraded=str(deg_dir / d)))
+            items.append(
+                Item(key=drop_extension(d), name=d, clean=str(clean_dir / c), clean_name=c, degraded=str(deg_dir / d))
+            )
         else:
             report.add(
                 "unpaired",
@@ -221,7 +219,7 @@ def _pair_equal_names_first(split, report, deg_dir, deg_files, clean_dir, clean_
         same = [d for d in same if sum(x.lower() == d.lower() for x in same) == 1]
     items = [
         Item(
-            key=stem(d),
+            key=drop_extension(d),
             name=d,
             clean=str(clean_dir / cleans[d.lower()]),
             clean_name=cleans[d.lower()],

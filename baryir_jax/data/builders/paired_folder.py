@@ -19,6 +19,7 @@ import tensorflow_datasets as tfds
 
 from baryir_jax.data.builders import folders
 from baryir_jax.data.builders.base import RestorationBuilder
+from baryir_jax.data.images import drop_extension
 from baryir_jax.data.report import DataError
 
 DEGRADED_DIRS = ["degraded", "input", "lq"]
@@ -75,8 +76,8 @@ class PairedFolder(RestorationBuilder):
                 )
             fd = folders.list_images(deg_dir, report, split, recursive=True)
             fc = folders.list_images(cl[0], report, split, recursive=True)
-            key = lambda f: folders.stem(f).lower()  # noqa: E731
+            key = lambda f: drop_extension(f).lower()  # noqa: E731
             plan[split] = folders.pair(
-                split, report, deg_dir, fd, cl[0], fc, key, key, lambda f: folders.stem(f) + ".*"
+                split, report, deg_dir, fd, cl[0], fc, key, key, lambda f: drop_extension(f) + ".*"
             )
         return plan

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import os
 import re
 from pathlib import Path
 
 from baryir_jax.data.builders.base import RestorationBuilder
-from baryir_jax.data.builders.folders import Item, find_first, find_sides, list_images, pair, show, stem
+from baryir_jax.data.builders.folders import Item, find_first, find_sides, list_images, pair, show
+from baryir_jax.data.images import drop_extension, stem
 from baryir_jax.data.report import DataError, Report
 
 RAIN_TRAIN_COUNT = 200
@@ -16,7 +16,7 @@ _RAIN_NUM = re.compile(r"^(no)?rain[-_]?0*(\d+)$", re.IGNORECASE)
 
 def _rain_key(expect_no: bool):
     def key(rel: str) -> str | None:
-        s = stem(os.path.basename(rel))
+        s = stem(rel)
         m = _RAIN_NUM.match(s)
         if m:
             return m.group(2) if bool(m.group(1)) == expect_no else None
@@ -29,8 +29,8 @@ _RAIN_KEYS = (_rain_key(False), _rain_key(True))  # degraded (rain-N), clean (no
 
 
 def _norain_hint(rel: str) -> str:
-    m = _RAIN_NUM.match(stem(os.path.basename(rel)))
-    return f"norain-{m.group(2)}.*" if m else stem(rel) + ".*"
+    m = _RAIN_NUM.match(stem(rel))
+    return f"norain-{m.group(2)}.*" if m else drop_extension(rel) + ".*"
 
 
 def scan_rain100l(root: Path, report: Report) -> dict[str, list[Item]]:

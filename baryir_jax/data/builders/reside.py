@@ -5,7 +5,6 @@ XXXX_beta_A pair with the clear image XXXX of their scene.
 from __future__ import annotations
 
 import collections
-import os
 import re
 from pathlib import Path
 
@@ -18,8 +17,8 @@ from baryir_jax.data.builders.folders import (
     natural_key,
     pair,
     show,
-    stem,
 )
+from baryir_jax.data.images import drop_extension, stem
 from baryir_jax.data.report import Report
 
 OTS_COUNT = 72135
@@ -29,12 +28,12 @@ _HAZY_RE = re.compile(r"^(\d+)_([0-9.]+)(?:_([0-9.]+))?$")
 
 
 def _hazy_key(rel: str) -> str | None:
-    m = _HAZY_RE.match(stem(os.path.basename(rel)))
+    m = _HAZY_RE.match(stem(rel))
     return m.group(1) if m else None
 
 
 def _clear_key(rel: str) -> str | None:
-    s = stem(os.path.basename(rel))
+    s = stem(rel)
     return s if s.isdigit() else None
 
 
@@ -77,7 +76,9 @@ def scan_reside_ots(root: Path, report: Report) -> dict[str, list[Item]]:
             continue
         used.add(k)
         items.append(
-            Item(key=stem(h), name=h, clean=str(orig / cleans[k]), clean_name=cleans[k], degraded=str(syn / h))
+            Item(
+                key=drop_extension(h), name=h, clean=str(orig / cleans[k]), clean_name=cleans[k], degraded=str(syn / h)
+            )
         )
     for k in sorted(set(cleans) - used, key=natural_key):
         report.add("unpaired", "train", show(orig / cleans[k]), "clear image without any hazy version in synthetic/")
