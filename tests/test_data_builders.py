@@ -225,6 +225,28 @@ def test_ots_hazy_without_original_is_unpaired(tmp_path):
     assert u.path.endswith("0002_0.8_0.04.jpg") and "no clear image original/0002.*" in u.detail
 
 
+def test_missing_subfolders_are_named_with_what_was_found(tmp_path):
+    """A data set's folder without its degraded or clean subfolder: one DataError naming the folder, the
+    subfolders it must contain and the ones it has (no TFDS write; cost: milliseconds)."""
+    cases = {
+        "rain100l": (
+            "Train/Derain/rainy",
+            r"rain100l train: .*Train/Derain must contain rainy/ .* and gt/ .*\['rainy'\]",
+        ),
+        "sots_outdoor": ("test/dehaze/input", r"sots_outdoor: .*test/dehaze must contain input/ \(hazy\) and target/"),
+        "reside_ots": ("Train/Dehaze/original", r"reside_ots: .*Train/Dehaze must contain synthetic/ .*\['original'\]"),
+    }
+    for dataset, (only, pattern) in cases.items():
+        data = tmp_path / dataset / "data"
+        F.save(data / only / "1.png", F.rand_image(1))
+        with pytest.raises(DataError, match=pattern):
+            quiet(dataset, tmp_path / dataset / "out", data)
+    data = tmp_path / "rain_test" / "data"
+    F.save(data / "test/derain/Rain100L/target/norain-1.png", F.rand_image(1))
+    with pytest.raises(DataError, match=r"rain100l test: .* must contain input/ and target/ \(the official tester's"):
+        quiet("rain100l", tmp_path / "rain_test" / "out", data)
+
+
 def test_missing_folder_and_dncnn_names_and_missing_bsd400(tmp_path):
     data = tmp_path / "data"
     (data / "Train").mkdir(parents=True)
@@ -320,3 +342,15 @@ def test_cli_prints_the_summary_reuses_and_refuses(prepared, tmp_path, capsys):
     with pytest.raises(SystemExit):
         prepare_main(["--dataset", "rain100l", "--data_dir", str(tmp_path)])  # --manual_dir required
     shutil.rmtree(tmp_path / "gray")
+
+
+def test_file_name_stems_and_pixel_checksum():
+    """The one `stem` (seeds of the frozen and unseen inputs), `drop_extension` (stored keys, folders kept) and
+    `pixel_sha256` (manifests) every module uses; cost: microseconds."""
+    from baryir_jax.data.images import drop_extension, pixel_sha256, stem
+
+    assert stem("test/cbsd68/0001.png") == "0001" and stem("rain-1") == "rain-1" and stem("a.b/x") == "x"
+    assert stem("x.tar.gz") == "x.tar"
+    assert drop_extension("part1/0025_0.8_0.04.jpg") == "part1/0025_0.8_0.04" and drop_extension("a.b/x") == "a.b/x"
+    img = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3)
+    assert pixel_sha256(img) == hashlib.sha256(b"2x3x3:" + bytes(range(18))).hexdigest()

@@ -18,8 +18,7 @@ import tempfile
 import time
 
 from baryir_jax import cli
-
-THREE_D = ["derain", "dehaze", "denoise_15", "denoise_25", "denoise_50"]
+from baryir_jax.config import TASKS_3D
 
 
 def measure(
@@ -69,7 +68,7 @@ def main(argv=None) -> int:
     parser = cli.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data_dir", default=None, help="prepared data (default: embedded set in a temp folder)")
     parser.add_argument("--collection", default="embedded", choices=("embedded", "benchmark"))
-    parser.add_argument("--tasks", nargs="+", default=THREE_D)
+    parser.add_argument("--tasks", nargs="+", default=list(TASKS_3D))
     parser.add_argument("--patch", type=int, default=128)
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--batches", type=int, default=100)
@@ -104,7 +103,7 @@ def main(argv=None) -> int:
 
     line = {
         "bench": "input_pipeline",
-        "mixture": "3D" if sorted(args.tasks) == sorted(THREE_D) else "+".join(args.tasks),
+        "mixture": "3D" if sorted(args.tasks) == sorted(TASKS_3D) else "+".join(args.tasks),
         "collection": args.collection,
         "patch": args.patch,
         "batch_size": args.batch,

@@ -26,6 +26,8 @@ import numpy as np
 from PIL import Image
 from scipy import ndimage
 
+from baryir_jax.data.images import decode_image
+
 # Degradation ids used throughout the project (official numbering).
 DEGRADATION_IDS = {
     "denoise_15": 0,
@@ -255,9 +257,7 @@ def jpeg(clean: np.ndarray, quality: int) -> np.ndarray:
         raise ValueError(f"JPEG quality must be in 1..100, got {quality}.")
     buf = io.BytesIO()
     Image.fromarray(clean).save(buf, format="JPEG", quality=int(quality))
-    buf.seek(0)
-    with Image.open(buf) as im:
-        return np.asarray(im.convert("RGB"))
+    return decode_image(buf.getvalue())
 
 
 SYNTHESIZERS: dict[str, Callable[..., np.ndarray]] = {

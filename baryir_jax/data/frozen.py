@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
 from baryir_jax.data import degradations
+from baryir_jax.data.images import pixel_sha256, stem
 from baryir_jax.data.report import DataError
 from baryir_jax.data.sources import get_builder, is_prepared, load_eval_split
 
@@ -30,17 +30,6 @@ PROTOCOL = (
     "numpy.random.default_rng(seed).standard_normal(clean.shape) (float64), seed = first 8 bytes "
     '(big-endian) of sha256("<file stem>|sigma=<sigma>"); hashes are sha256 of "HxWx3:" + uint8 HWC bytes'
 )
-
-
-def pixel_sha256(image: np.ndarray) -> str:
-    image = np.ascontiguousarray(image, dtype=np.uint8)
-    h, w, c = image.shape
-    return hashlib.sha256(f"{h}x{w}x{c}:".encode() + image.tobytes()).hexdigest()
-
-
-def _stem(name: str) -> str:
-    base = os.path.basename(name)
-    return base.rsplit(".", 1)[0] if "." in base else base
 
 
 def build_manifest(data_dir: str | Path, dataset: str) -> dict:
@@ -106,7 +95,7 @@ def verify_frozen_inputs(data_dir: str | Path, dataset: str = "cbsd68") -> list[
                 problems.append(f"{split}/{ex.name}: clean image differs from the manifest")
             if pixel_sha256(ex.degraded) != e["noisy_sha256"]:
                 problems.append(f"{split}/{ex.name}: noisy image differs from the manifest")
-            if not np.array_equal(degradations.frozen_noisy(ex.clean, _stem(ex.name), sigma), ex.degraded):
+            if not np.array_equal(degradations.frozen_noisy(ex.clean, stem(ex.name), sigma), ex.degraded):
                 problems.append(
                     f"{split}/{ex.name}: regenerating the frozen noise from the clean image gives other "
                     f"pixels (NumPy {np.__version__} vs {manifest.get('numpy')} at prepare time?)"

@@ -20,6 +20,7 @@ Conversion policy (documented in docs/data.md):
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import io
 import os
 import stat
@@ -55,6 +56,26 @@ class LoadedImage:
 
 def is_image_file(name: str) -> bool:
     return name.lower().endswith(IMAGE_EXTENSIONS) and not os.path.basename(name).startswith(".")
+
+
+def drop_extension(rel: str) -> str:
+    """`rel` without the extension of its last component, folders kept: 'part1/0025_0.8.jpg' -> 'part1/0025_0.8',
+    'a.b/x' -> 'a.b/x'."""
+    return rel.rsplit(".", 1)[0] if "." in os.path.basename(rel) else rel
+
+
+def stem(name: str) -> str:
+    """The file name of `name` without folders and extension ('a/rain-1.png' -> 'rain-1'): what keys the seeds
+    of the frozen and unseen degradations."""
+    return drop_extension(os.path.basename(name))
+
+
+def pixel_sha256(image: np.ndarray) -> str:
+    """SHA-256 (hex) of "HxWxC:" + the uint8 HWC bytes of `image` (shape (H, W, C)): a checksum of the pixels,
+    independent of the file format they were stored in."""
+    image = np.ascontiguousarray(image, dtype=np.uint8)
+    h, w, c = image.shape
+    return hashlib.sha256(f"{h}x{w}x{c}:".encode() + image.tobytes()).hexdigest()
 
 
 def encode_png(image: np.ndarray) -> bytes:

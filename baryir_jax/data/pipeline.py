@@ -84,7 +84,7 @@ def default_multipliers(tasks: Sequence[str], collection: str = "benchmark") -> 
     names = {s.task for s in specs}
     out = {}
     for s in specs:
-        if s.task == "denoise_25" and not {"denoise_15", "denoise_25", "denoise_50"} <= names:
+        if s.task == "denoise_25" and not set(degradations.NOISE_SIGMAS) <= names:
             out[s.task] = alone
         else:
             out[s.task] = table.get(s.task, user)

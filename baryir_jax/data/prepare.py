@@ -22,17 +22,6 @@ from pathlib import Path
 from baryir_jax import cli
 from baryir_jax.data.report import DataError, Report
 
-DATASETS = (
-    "denoise_train",
-    "rain100l",
-    "reside_ots",
-    "sots_outdoor",
-    "gopro",
-    "lol_v1",
-    "cbsd68",
-    "embedded",
-    "paired_folder",
-)
 REPORT_NAME = "prepare_report.json"
 
 
@@ -56,8 +45,10 @@ def prepare(
 ) -> PrepareResult:
     """Scan, validate and write one data set. Raises `DataError` (nothing written, and no folder this call
     created left behind) when the input is refused or `data_dir` is not a folder."""
-    if dataset not in DATASETS:
-        raise DataError(f"unknown --dataset {dataset!r}; choose one of: {', '.join(DATASETS)}.")
+    from baryir_jax.data.builders import DATASET_NAMES
+
+    if dataset not in DATASET_NAMES:
+        raise DataError(f"unknown --dataset {dataset!r}; choose one of: {', '.join(DATASET_NAMES)}.")
     if name is not None and dataset != "paired_folder":
         raise DataError("--name is only for --dataset paired_folder.")
     full = f"paired_folder/{name or 'default'}" if dataset == "paired_folder" else dataset
@@ -172,7 +163,9 @@ def _main(argv: list[str] | None = None) -> int:
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__,
     )
-    parser.add_argument("--dataset", required=True, choices=DATASETS)
+    from baryir_jax.data.builders import DATASET_NAMES
+
+    parser.add_argument("--dataset", required=True, choices=DATASET_NAMES)
     parser.add_argument("--data_dir", required=True, help="where the prepared data sets live")
     parser.add_argument(
         "--manual_dir",

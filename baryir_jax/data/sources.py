@@ -19,15 +19,14 @@ splits (plus the unseen `jpeg_q20`).
 from __future__ import annotations
 
 import dataclasses
-import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
-from PIL import Image
 
 from baryir_jax.data import degradations
+from baryir_jax.data.images import decode_image
 from baryir_jax.data.report import DataError
 
 COLLECTIONS = ("benchmark", "embedded")
@@ -216,11 +215,6 @@ def _text(x) -> str:
     return x.decode("utf-8") if isinstance(x, bytes) else str(x)
 
 
-def _decode(b: bytes) -> np.ndarray:
-    with Image.open(io.BytesIO(b)) as im:
-        return np.asarray(im.convert("RGB"))
-
-
 class EvalExample(NamedTuple):
     name: str  # the degraded file name as stored (relative to its folder)
     degraded: np.ndarray  # uint8 (H, W, 3)
@@ -247,7 +241,7 @@ def load_eval_split(
     def generate():
         for i in order:
             rec = src[i]
-            yield EvalExample(names[i], _decode(rec["degraded"]), _decode(rec["clean"]))
+            yield EvalExample(names[i], decode_image(rec["degraded"]), decode_image(rec["clean"]))
 
     return generate()
 

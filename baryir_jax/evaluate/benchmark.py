@@ -33,6 +33,9 @@ scored directly (what a lossless PNG target gives, the case of all standard sets
 benchmark compiles a handful of shapes; the number is printed. The standard sets have few sizes, so their
 buckets are their own sizes and nothing is padded. `--max_shapes 0` compiles every distinct size.
 
+**Code.** This module holds the scoring loop and the command line; the benchmark registry is `registry`, the pair
+sources `pairs`, the written results (table, CSV, refusals) `report`.
+
 **Outputs** in `--output`: `images/<task>/<name>.png` (the quantised restorations), `per_image.csv` (task,
 name, psnr, ssim, height, width), `table.md` and `table.json` laid out as the paper's Tables 1/2 (per task
 psnr, ssim, count, expected). The average is refused (not printed) when any task has fewer or more images
@@ -44,14 +47,11 @@ file, variant or ``--config.KEY=VALUE`` override that cannot work (README: Exit 
 from __future__ import annotations
 
 import argparse
-import csv
 import dataclasses
-import io
-import math
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 from PIL import Image
@@ -62,235 +62,9 @@ from baryir_jax.errors import BaryIRError, InputError, UsageError
 from baryir_jax.evaluate import shapes as shapes_lib
 from baryir_jax.evaluate import unseen as unseen_lib
 from baryir_jax.evaluate.checkpoint import CheckpointError, Restorer, describe, save_json
-
-# ---------------------------------------------------------------------------------------------------------
-# Benchmarks
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class Column:
-    task: str
-    title: str
-    in_average: bool = True
-
-
-@dataclasses.dataclass(frozen=True)
-class Benchmark:
-    name: str
-    title: str
-    columns: tuple[Column, ...]
-    extra_note: str = ""  # printed under the table when it has columns outside the average (†)
-
-    @property
-    def tasks(self) -> tuple[str, ...]:
-        return tuple(c.task for c in self.columns)
-
-
-BENCHMARKS = {
-    "3d": Benchmark(
-        "3d",
-        "three degradations (paper Table 1 layout)",
-        (
-            Column("dehaze", "SOTS"),
-            Column("derain", "Rain100L"),
-            Column("denoise_15", "BSD68 σ15"),
-            Column("denoise_25", "BSD68 σ25"),
-            Column("denoise_50", "BSD68 σ50"),
-        ),
-    ),
-    "5d": Benchmark(
-        "5d",
-        "five degradations (paper Table 2 layout)",
-        (
-            Column("dehaze", "SOTS"),
-            Column("derain", "Rain100L"),
-            Column("denoise_25", "BSD68 σ25"),
-            Column("deblur", "GoPro"),
-            Column("lowlight", "LOL-v1"),
-            Column("denoise_15", "BSD68 σ15†", in_average=False),
-            Column("denoise_50", "BSD68 σ50†", in_average=False),
-        ),
-        extra_note="† CBSD68 σ15/σ50: scored for the 1,930-image 5D count, not part of Table 2 or of its average.",
-    ),
-    "unseen": Benchmark(
-        "unseen",
-        "unseen degradations (JPEG and mixed)",
-        tuple(
-            Column(t, title)
-            for t, title in (
-                ("jpeg_q10", "JPEG q10"),
-                ("jpeg_q20", "JPEG q20"),
-                ("jpeg_q30", "JPEG q30"),
-                ("jpeg_q40", "JPEG q40"),
-                ("noise_jpeg", "Noise+JPEG"),
-                ("haze_noise", "Haze+noise"),
-                ("lowlight_noise", "Low light+noise"),
-            )
-        ),
-    ),
-}
-# Column titles when the embedded photographs stand in for the benchmark sets: the degradation, not a data set.
-EMBEDDED_TITLES = {
-    "dehaze": "haze",
-    "derain": "rain",
-    "denoise_15": "noise σ15",
-    "denoise_25": "noise σ25",
-    "denoise_50": "noise σ50",
-    "deblur": "motion blur",
-    "lowlight": "low light",
-}
-
-
-def for_collection(benchmark: Benchmark, collection: str) -> Benchmark:
-    """`benchmark` as scored on `collection`: on 'embedded' the columns are named by degradation (the embedded
-    test photographs, not SOTS, Rain100L, ...), and the title says so."""
-    if collection != "embedded":
-        return benchmark
-    from baryir_jax.data.builders.embedded import TEST_PHOTOS
-
-    cols = tuple(
-        dataclasses.replace(c, title=EMBEDDED_TITLES.get(c.task, c.title) + ("" if c.in_average else "†"))
-        for c in benchmark.columns
-    )
-    note = "† scored as in the full 5D run, not part of its average." if benchmark.extra_note else ""
-    return dataclasses.replace(
-        benchmark,
-        title=f"{benchmark.title}, on the embedded test photographs ({', '.join(TEST_PHOTOS)}), not the benchmark sets",
-        columns=cols,
-        extra_note=note,
-    )
-
-
-def expected_counts(benchmark: Benchmark, collection: str) -> dict[str, int]:
-    """The number of images each task must have for an average to be printed."""
-    from baryir_jax.data import sources
-
-    if collection == "embedded":
-        from baryir_jax.data.builders.embedded import TEST_PHOTOS
-
-        return {t: len(TEST_PHOTOS) for t in benchmark.tasks}
-    per_source = sources.EXPECTED_EVAL_COUNTS
-    return {t: per_source[unseen_lib.SOURCE_TASK] if t in unseen_lib.TASKS else per_source[t] for t in benchmark.tasks}
-
-
-def parse_expected(spec: str, tasks: tuple[str, ...]) -> dict[str, int]:
-    """'dehaze=3,derain=2' or '*=2' (every task) → counts for `tasks`; names of other benchmarks' tasks are
-    accepted and ignored (one spec can serve 3d and 5d)."""
-    known = {t for b in BENCHMARKS.values() for t in b.tasks}
-    out = {}
-    for part in [p.strip() for p in spec.split(",") if p.strip()]:
-        if "=" not in part:
-            raise ValueError(f"--expected {spec!r}: each entry is TASK=N (or *=N), got {part!r}.")
-        k, v = part.split("=", 1)
-        k = k.strip()
-        try:
-            n = int(v)
-        except ValueError:
-            raise ValueError(f"--expected {spec!r}: {v!r} is not a whole number.") from None
-        if n < 0:
-            raise ValueError(f"--expected {spec!r}: counts cannot be negative.")
-        if k == "*":
-            out.update({t: n for t in tasks})
-        elif k in tasks:
-            out[k] = n
-        elif k not in known:
-            raise ValueError(f"--expected {spec!r}: {k!r} is not a task (known: {', '.join(sorted(known))}).")
-    return out
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Sources of evaluation pairs
-# ---------------------------------------------------------------------------------------------------------
-
-
-@dataclasses.dataclass
-class Pair:
-    name: str
-    degraded: np.ndarray
-    clean: np.ndarray
-
-
-class ListSource:
-    """Pairs held in memory: `[(name, degraded uint8, clean uint8), ...]`."""
-
-    def __init__(self, pairs):
-        self.pairs = [Pair(*p) for p in pairs]
-
-    def sizes(self) -> list[tuple[int, int]]:
-        return [p.degraded.shape[:2] for p in self.pairs]
-
-    def examples(self) -> Iterator[Pair]:
-        return iter(self.pairs)
-
-
-class SplitSource:
-    """One prepared evaluation split of `baryir_jax.data` (name order, as `load_eval_split`)."""
-
-    def __init__(self, data_dir: str, dataset: str, split: str, limit: int | None = None):
-        self.data_dir, self.dataset, self.split, self.limit = data_dir, dataset, split, limit
-
-    def sizes(self) -> list[tuple[int, int]]:
-        """Image sizes from the encoded headers (no pixel decoding)."""
-        from baryir_jax.data import sources
-
-        src = sources.open_split(self.data_dir, self.dataset, self.split, skip_decoding=("degraded", "clean"))
-        recs = []
-        for i in range(len(src)):
-            rec = src[i]
-            name = rec["name"].decode() if isinstance(rec["name"], bytes) else str(rec["name"])
-            with Image.open(io.BytesIO(rec["degraded"])) as im:
-                w, h = im.size
-            recs.append((name, (h, w)))
-        recs.sort()
-        if self.limit is not None:
-            recs = recs[: self.limit]
-        return [s for _, s in recs]
-
-    def examples(self) -> Iterator[Pair]:
-        from baryir_jax.data import sources
-
-        for ex in sources.load_eval_split(self.data_dir, self.dataset, self.split, limit=self.limit):
-            yield Pair(ex.name, ex.degraded, ex.clean)
-
-
-class UnseenSource:
-    """One unseen task built on the fly from a source of clean images (checksummed as it goes)."""
-
-    def __init__(self, task: str, clean_source, entries: list):
-        self.task, self.clean_source, self.entries = task, clean_source, entries
-
-    def sizes(self):
-        return self.clean_source.sizes()
-
-    def examples(self) -> Iterator[Pair]:
-        for p in self.clean_source.examples():
-            ex = unseen_lib.UnseenExample(self.task, p.name, unseen_lib.degrade(self.task, p.clean, p.name), p.clean)
-            self.entries.append(unseen_lib.entry(ex))
-            yield Pair(p.name, ex.degraded, ex.clean)
-
-
-def data_sources(
-    benchmark: Benchmark,
-    data_dir: str,
-    collection: str = "benchmark",
-    limit: int | None = None,
-    unseen_entries: list | None = None,
-) -> dict:
-    from baryir_jax.data import sources
-
-    out = {}
-    for task in benchmark.tasks:
-        if task in unseen_lib.TASKS:
-            dataset, split = sources.EVAL_TASKS[collection][unseen_lib.SOURCE_TASK]
-            out[task] = UnseenSource(
-                task, SplitSource(data_dir, dataset, split, limit), unseen_entries if unseen_entries is not None else []
-            )
-        else:
-            dataset, split = sources.EVAL_TASKS[collection][task]
-            out[task] = SplitSource(data_dir, dataset, split, limit)
-    return out
-
+from baryir_jax.evaluate.pairs import data_sources
+from baryir_jax.evaluate.registry import BENCHMARKS, Benchmark, expected_counts, for_collection, parse_expected
+from baryir_jax.evaluate.report import refusals, render_markdown, write_per_image, write_table
 
 # ---------------------------------------------------------------------------------------------------------
 # Evaluation
@@ -316,10 +90,6 @@ def _safe_rel(name: str) -> str:
     if os.path.isabs(rel) or rel.startswith(".."):
         rel = os.path.basename(rel)
     return os.path.splitext(rel)[0] + ".png"
-
-
-def _fmt(v: float) -> str:
-    return "inf" if math.isinf(v) else f"{v:.6f}"
 
 
 def evaluate(
@@ -425,19 +195,7 @@ def evaluate(
             log(f"{task}: skipped {line}")
         if len(res["skipped"]) > 5:
             log(f"{task}: ... {len(res['skipped']) - 5} more skipped (all listed in table.json)")
-    reasons = list(refuse or [])
-    for task, res in per_task.items():
-        exp = res["expected"]
-        if "error" in res:
-            reasons.append(f"{task}: {res['count']}/{exp} images ({res['error'].splitlines()[0]})")
-        elif exp is not None and res["count"] != exp:
-            gap = exp - res["count"]
-            what = f"{gap} missing" if gap > 0 else f"{-gap} more than the benchmark has"
-            reasons.append(
-                f"{task}: {res['count']}/{exp} images ({what}"
-                + (f"; {len(res['skipped'])} skipped" if res["skipped"] else "")
-                + ")"
-            )
+    reasons = refusals(per_task, refuse)
     average = None
     if not reasons:
         cols = [per_task[c.task] for c in benchmark.columns if c.in_average]
@@ -460,15 +218,8 @@ def evaluate(
         "seconds": round(time.perf_counter() - t0, 2),
     }
     if output_dir:
-        os.makedirs(output_dir, exist_ok=True)
-        with open(os.path.join(output_dir, "per_image.csv"), "w", newline="", encoding="utf-8") as f:
-            wr = csv.writer(f)
-            wr.writerow(["task", "name", "psnr", "ssim", "height", "width"])
-            for r in rows:
-                wr.writerow([r["task"], r["name"], _fmt(r["psnr"]), f"{r['ssim']:.6f}", r["height"], r["width"]])
-        save_json(os.path.join(output_dir, "table.json"), _finite(table))
-        with open(os.path.join(output_dir, "table.md"), "w", encoding="utf-8") as f:
-            f.write(render_markdown(table))
+        write_per_image(output_dir, rows)
+        write_table(output_dir, table)
     return table
 
 
@@ -490,68 +241,6 @@ def protocol(options: Options) -> str:
         "skimage peak_signal_noise_ratio(data_range=255) / structural_similarity(channel_axis=2, "
         "data_range=255, 7x7 uniform window)"
     )
-
-
-def _finite(obj):
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return str(obj)
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_finite(v) for v in obj]
-    return obj
-
-
-def _cell(res) -> str:
-    if res.get("psnr") is None:
-        return "—"
-    cell = f"{res['psnr']:.2f}/{res['ssim']:.3f}"
-    if res.get("expected") is not None and res["count"] != res["expected"]:
-        cell += f" ({res['count']}/{res['expected']})"
-    return cell
-
-
-def render_markdown(table: dict) -> str:
-    cols = table["columns"]
-    main = [c for c in cols if c["in_average"]]
-    extra = [c for c in cols if not c["in_average"]]
-    head = ["Method"] + [c["title"] for c in main] + ["Average"] + [c["title"] for c in extra]
-    avg = table["average"]
-    avg_cell = f"{avg['psnr']:.2f}/{avg['ssim']:.3f}" if avg else "refused"
-    row = (
-        [table["label"]]
-        + [_cell(table["tasks"][c["task"]]) for c in main]
-        + [avg_cell]
-        + [_cell(table["tasks"][c["task"]]) for c in extra]
-    )
-    n_main = sum(table["tasks"][c["task"]]["count"] for c in main)
-    e_main = sum(table["tasks"][c["task"]]["expected"] or 0 for c in main)
-    counts = (
-        ["images"]
-        + [f"{table['tasks'][c['task']]['count']}/{table['tasks'][c['task']]['expected']}" for c in main]
-        + [f"{n_main}/{e_main}"]
-        + [f"{table['tasks'][c['task']]['count']}/{table['tasks'][c['task']]['expected']}" for c in extra]
-    )
-    lines = [
-        f"# {table['label']}: {table['benchmark']} benchmark, {table['title']}",
-        "",
-        "| " + " | ".join(head) + " |",
-        "|" + "---|" * len(head),
-        "| " + " | ".join(row) + " |",
-        "| " + " | ".join(counts) + " |",
-        "",
-        f"PSNR (dB) / SSIM. {table['images']} of {table['expected_images']} expected images; "
-        f"{table['compiled_shapes']} compiled shape(s); {table['seconds']} s.",
-        "",
-        f"Protocol: {table['protocol']}.",
-    ]
-    if extra and table.get("extra_note"):
-        lines += ["", table["extra_note"]]
-    if table["average_refused"]:
-        lines += ["", "**Average refused**: the benchmark is incomplete:"] + [
-            f"- {r}" for r in table["average_refused"]
-        ]
-    return "\n".join(lines) + "\n"
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -691,9 +380,7 @@ def _main(argv=None) -> int:
                 table["average_refused"] = (table["average_refused"] or []) + [
                     f"the unseen inputs differ from {args.unseen_manifest} in {len(problems)} place(s)"
                 ]
-                save_json(os.path.join(output, "table.json"), _finite(table))
-                with open(os.path.join(output, "table.md"), "w", encoding="utf-8") as f:
-                    f.write(render_markdown(table))
+                write_table(output, table)
             else:
                 print(f"unseen inputs match {args.unseen_manifest}")
     print(render_markdown(table))

@@ -33,6 +33,7 @@ import numpy as np
 
 from baryir_jax import cli
 from baryir_jax.data import degradations
+from baryir_jax.data.images import pixel_sha256, stem
 
 NOISE_SIGMA = 15.0
 TASKS = {
@@ -61,11 +62,6 @@ class UnseenExample(NamedTuple):
     clean: np.ndarray
 
 
-def stem(name: str) -> str:
-    base = os.path.basename(name)
-    return base.rsplit(".", 1)[0] if "." in base else base
-
-
 def degrade(task: str, clean: np.ndarray, name: str) -> np.ndarray:
     """The unseen degradation `task` of one clean uint8 RGB image named `name` (its stem keys the seed)."""
     if task not in TASKS:
@@ -89,12 +85,6 @@ def build(cleans: Iterable[tuple[str, np.ndarray]], tasks: Iterable[str] = tuple
     for task in tasks:
         for name, clean in cleans:
             yield UnseenExample(task, name, degrade(task, clean, name), clean)
-
-
-def pixel_sha256(image: np.ndarray) -> str:
-    image = np.ascontiguousarray(image, dtype=np.uint8)
-    h, w, c = image.shape
-    return hashlib.sha256(f"{h}x{w}x{c}:".encode() + image.tobytes()).hexdigest()
 
 
 def entry(ex: UnseenExample) -> dict:

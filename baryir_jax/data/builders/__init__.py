@@ -1,4 +1,10 @@
-"""TFDS builders (array_record, no TensorFlow) for the benchmark data sets, `embedded` and `paired_folder`."""
+"""TFDS builders (array_record, no TensorFlow) for the benchmark data sets, `embedded` and `paired_folder`.
+
+One module per data set holds its folder scan beside its builder: `denoise_train`, `rain100l`, `reside` (OTS and
+SOTS-outdoor, one naming scheme), `gopro`, `lol_v1`, `cbsd68`, `embedded`, `paired_folder`; `folders` holds the
+helpers every scan uses (case-insensitive folder lookup, image listing, pairing with a report of every file left
+out); `base` the shared builder; `benchmark` lists the benchmark builders and their layouts.
+"""
 
 from __future__ import annotations
 
@@ -17,17 +23,7 @@ from baryir_jax.data.builders.embedded import Embedded
 from baryir_jax.data.builders.paired_folder import PairedFolder
 
 BUILDERS = {**BENCHMARK_BUILDERS, Embedded.name: Embedded, PairedFolder.name: PairedFolder}
-DATASET_NAMES = (
-    "denoise_train",
-    "rain100l",
-    "reside_ots",
-    "sots_outdoor",
-    "gopro",
-    "lol_v1",
-    "cbsd68",
-    "embedded",
-    "paired_folder",
-)
+DATASET_NAMES = tuple(BUILDERS)  # what `baryir-prepare --dataset` accepts
 
 __all__ = [
     "BUILDERS",

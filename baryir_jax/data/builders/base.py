@@ -17,7 +17,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 from tqdm import tqdm
 
-from baryir_jax.data.builders import layouts
+from baryir_jax.data.builders import folders
 from baryir_jax.data.images import ImageProblem, LoadedImage, load_image_file
 from baryir_jax.data.report import DataError, Report
 
@@ -40,7 +40,7 @@ class RestorationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         super().__init__(file_format=file_format, **kwargs)
         self.progress = progress
         self.report: Report | None = None
-        self._plan: dict[str, list[layouts.Item]] | None = None
+        self._plan: dict[str, list[folders.Item]] | None = None
         self._small = 0
 
     # ---- TFDS interface ----
@@ -83,7 +83,7 @@ class RestorationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         if self.NEEDS_MANUAL_DIR:
             if manual_dir is None:
                 raise DataError(f"{self.name} needs --manual_dir: {self.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}")
-            root = layouts.resolve_root(manual_dir)
+            root = folders.resolve_root(manual_dir)
             plan = self._scan(root, self.report)
         else:
             plan = self._scan(None, self.report)
@@ -121,7 +121,7 @@ class RestorationBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True
         if min(loaded[0][1].height, loaded[0][1].width) < SMALL_SIDE:
             self._small += 1
 
-    def _make_example(self, split: str, item: layouts.Item) -> dict | None:
+    def _make_example(self, split: str, item: folders.Item) -> dict | None:
         if not self.PAIRED:
             clean = self._load(split, item.clean)
             if clean is None:

@@ -53,7 +53,7 @@ MAX_SIDE = 256
 TRAIN_VARIANTS = 2
 JPEG_QUALITY = 20
 SYNTH_TASKS = ("derain", "dehaze", "deblur", "lowlight")
-NOISE_TASKS = ("denoise_15", "denoise_25", "denoise_50")
+NOISE_TASKS = tuple(degradations.NOISE_SIGMAS)  # denoise_15, denoise_25, denoise_50
 
 
 def skimage_data_dir() -> str:

@@ -17,8 +17,9 @@ import re
 
 import tensorflow_datasets as tfds
 
-from baryir_jax.data.builders import layouts
+from baryir_jax.data.builders import folders
 from baryir_jax.data.builders.base import RestorationBuilder
+from baryir_jax.data.images import drop_extension
 from baryir_jax.data.report import DataError
 
 DEGRADED_DIRS = ["degraded", "input", "lq"]
@@ -52,12 +53,12 @@ class PairedFolder(RestorationBuilder):
 
     def _scan(self, root, report):
         split_dirs = {}
-        if layouts.find_first(root, DEGRADED_DIRS):
+        if folders.find_first(root, DEGRADED_DIRS):
             split_dirs["train"] = root
         else:
             for split in ("train", "test"):
-                d = layouts.find_dir(root, split)
-                if d is not None and layouts.find_first(d, DEGRADED_DIRS):
+                d = folders.find_dir(root, split)
+                if d is not None and folders.find_first(d, DEGRADED_DIRS):
                     split_dirs[split] = d
         if not split_dirs:
             raise DataError(
@@ -67,16 +68,16 @@ class PairedFolder(RestorationBuilder):
             )
         plan = {}
         for split, d in split_dirs.items():
-            deg_dir, _ = layouts.find_first(d, DEGRADED_DIRS)
-            cl = layouts.find_first(d, CLEAN_DIRS)
+            deg_dir, _ = folders.find_first(d, DEGRADED_DIRS)
+            cl = folders.find_first(d, CLEAN_DIRS)
             if cl is None:
                 raise DataError(
                     f"paired_folder {split}: {d} has {deg_dir.name}/ but no clean folder ({' / '.join(CLEAN_DIRS)})."
                 )
-            fd = layouts.list_images(deg_dir, report, split, recursive=True)
-            fc = layouts.list_images(cl[0], report, split, recursive=True)
-            key = lambda f: layouts.stem(f).lower()  # noqa: E731
-            plan[split] = layouts.pair(
-                split, report, deg_dir, fd, cl[0], fc, key, key, lambda f: layouts.stem(f) + ".*"
+            fd = folders.list_images(deg_dir, report, split, recursive=True)
+            fc = folders.list_images(cl[0], report, split, recursive=True)
+            key = lambda f: drop_extension(f).lower()  # noqa: E731
+            plan[split] = folders.pair(
+                split, report, deg_dir, fd, cl[0], fc, key, key, lambda f: drop_extension(f) + ".*"
             )
         return plan
