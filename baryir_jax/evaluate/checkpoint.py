@@ -31,9 +31,7 @@ from baryir_jax.config import load as load_config  # noqa: F401  (the one config
 from baryir_jax.errors import InputError
 from baryir_jax.evaluate import metrics
 from baryir_jax.models import BaryNet
-
-CONFIG_FILE = "model_config.json"
-PARAMS_DIR = "params"
+from baryir_jax.models.io import CONFIG_FILE, PARAMS_DIR
 
 
 class CheckpointError(InputError):
