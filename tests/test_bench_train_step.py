@@ -11,11 +11,14 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from baryir_jax.bench import train_step as bench
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@pytest.mark.slow
 def test_suite_on_a_tiny_config_writes_every_field(tmp_path):
     out, jsonl = tmp_path / "summary.json", tmp_path / "results.jsonl"
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=1", JAX_PLATFORMS="cpu")

@@ -333,6 +333,7 @@ def test_clipping_in_the_train_step_changes_the_trajectory_and_stays_finite():
 # ------------------------------------------------------------------------------- the logs of a training run
 
 
+@pytest.mark.slow
 def test_norms_are_in_the_workdirs_scalar_logs(tmp_path):
     """Two steps of demo.py:tiny through baryir_jax.main, logged every step: the norms are TensorBoard scalars."""
     from tensorboard.backend.event_processing import event_accumulator

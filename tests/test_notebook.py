@@ -9,6 +9,7 @@ import time
 
 import nbformat
 import numpy as np
+import pytest
 from nbclient import NotebookClient
 from PIL import Image
 
@@ -25,6 +26,7 @@ def test_notebook_is_committed_without_outputs():
         assert cell.get("outputs") == [] and cell.get("execution_count") is None, f"code cell {i} has outputs"
 
 
+@pytest.mark.slow
 def test_notebook_runs_top_to_bottom(tmp_path, monkeypatch):
     upload = tmp_path / "my photo.png"  # a user's image: a noisy gradient, to exercise step 7
     rng = np.random.default_rng(0)

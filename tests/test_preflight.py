@@ -59,6 +59,7 @@ def reports(small_config):
     return out
 
 
+@pytest.mark.slow
 def test_single_and_multi_host_slices_compile_with_the_same_flops_per_image(reports):
     (one, s1), (four, s4) = reports["v5e-4"], reports["v5e-16"]
     assert s1 == s4 == 0
@@ -93,6 +94,7 @@ def _depthwise_group_counts(hlo: str) -> set[int]:
     return {int(n) for n in re.findall(r"feature_group_count\s*=\s*(\d+)", hlo)} - {1, 4}
 
 
+@pytest.mark.slow
 def test_the_tpu_executable_uses_the_native_grouped_convolution_and_the_cpu_step_does_not(reports, small_config):
     """Compiled on this CPU host for TPU: XLA's depthwise convolutions (one group per channel) are in the TPU
     executable. The same config's step for this host's CPU mesh has none (shifted sums)."""
@@ -106,6 +108,7 @@ def test_the_tpu_executable_uses_the_native_grouped_convolution_and_the_cpu_step
     assert _depthwise_group_counts(pf.lower_train_step(exp).as_text()) == set()
 
 
+@pytest.mark.slow
 def test_a_batch_that_does_not_fit_is_one_line_and_exit_status_1(small_config):
     r = subprocess.run(
         [

@@ -34,6 +34,8 @@ from baryir_jax.train import step as step_lib
 from baryir_jax.train.loop import place_replicated
 from baryir_jax.transport.congruence import PotentialIndex, lambdas_from_counts
 
+pytestmark = pytest.mark.slow  # one compile of the reduced model and two steps (about 80 s CPU)
+
 FIXTURE = os.path.join(os.path.dirname(__file__), "fixtures", "step_parity_official.npz")
 N_DEVICES = 3  # the global batch of 3, one patch per device
 RTOL, ATOL = 1e-4, 1e-6

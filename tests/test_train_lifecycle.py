@@ -221,6 +221,7 @@ README_OVERRIDES = [
 ]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("overrides", README_OVERRIDES, ids=[",".join(o) for o in README_OVERRIDES])
 def test_readme_overrides_build_on_the_demo(tmp_path, embedded_data_dir, overrides):
     """README's override examples on configs/demo.py: validated and built (potentials and λ follow the tasks)."""
@@ -241,6 +242,7 @@ def test_readme_overrides_build_on_the_demo(tmp_path, embedded_data_dir, overrid
 # ----------------------------------------------------------------------------------------------- 2. divergence
 
 
+@pytest.mark.slow
 def test_divergence_names_the_player_and_saves_nothing_non_finite(
     tmp_path, reference, embedded_data_dir, jax_cache_dir
 ):
@@ -271,6 +273,7 @@ def _export_step(workdir):
     return json.loads(open(os.path.join(workdir, "model", "model_config.json")).read())["extra"]["step"]
 
 
+@pytest.mark.slow
 def test_extending_a_run_exports_the_final_step(tmp_path, reference, embedded_data_dir, jax_cache_dir):
     from baryir_jax.models.io import load_model_checkpoint
 
@@ -300,6 +303,7 @@ def test_extending_a_run_exports_the_final_step(tmp_path, reference, embedded_da
 # ---------------------------------------------------------------------------------------- 4. changed settings
 
 
+@pytest.mark.slow
 def test_changed_settings_that_a_resumed_run_must_keep_stop_first(tmp_path, reference, embedded_data_dir):
     wd = _copy(reference[0], tmp_path / "w")
     config_before = open(os.path.join(wd, "config.json")).read()
@@ -351,6 +355,7 @@ def _make_non_finite(workdir, step):
         mngr.wait_until_finished()
 
 
+@pytest.mark.slow
 def test_damaged_and_non_finite_checkpoints_are_skipped(tmp_path, reference, embedded_data_dir, jax_cache_dir):
     wd = _copy(reference[0], tmp_path / "w")
     _make_non_finite(wd, 4)
@@ -368,6 +373,7 @@ def test_damaged_and_non_finite_checkpoints_are_skipped(tmp_path, reference, emb
     _assert_same_state(ours["state"], ref["state"])
 
 
+@pytest.mark.slow
 def test_no_checkpoint_that_restores_is_one_message(tmp_path, reference, embedded_data_dir, jax_cache_dir):
     wd = _copy(reference[0], tmp_path / "w", keep_steps=(3, 4))
     shutil.rmtree(os.path.join(wd, "checkpoints", "4", "state"))
@@ -383,6 +389,7 @@ def test_no_checkpoint_that_restores_is_one_message(tmp_path, reference, embedde
 # ---------------------------------------------------------------------------- 6. other worker and process counts
 
 
+@pytest.mark.slow
 def test_resume_with_another_worker_count_is_bit_identical(tmp_path, reference, embedded_data_dir, jax_cache_dir):
     env = _env(jax_cache_dir)
     wd = _copy(reference[0], tmp_path / "w", keep_steps=(1, 2))
@@ -399,6 +406,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_then_one_process(tmp_path, reference, embedded_data_dir, jax_cache_dir):
     """A checkpoint written by 2 processes, resumed by 1 (a preempted job moved to a smaller slice): the data stream
     continues where the two processes left it."""
@@ -432,6 +440,7 @@ def test_two_processes_then_one_process(tmp_path, reference, embedded_data_dir, 
 # --------------------------------------------------------------------------------------------------- 7. SLURM
 
 
+@pytest.mark.slow
 def test_slurm_allocation_without_srun_trains_as_one_process(tmp_path, reference, embedded_data_dir, jax_cache_dir):
     wd = _copy(reference[0], tmp_path / "w")
     batch_script_env = {  # what a batch script of a 2-task allocation sees (no job step: not launched by srun)
@@ -453,6 +462,7 @@ def test_slurm_allocation_without_srun_trains_as_one_process(tmp_path, reference
     assert "resumed from" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_srun_task_whose_peers_never_come_is_one_line(tmp_path, embedded_data_dir):
     port = _free_port()
     step_env = {  # task 1 of a 2-task srun step whose task 0 never starts

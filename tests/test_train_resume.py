@@ -97,6 +97,7 @@ def _losses(stderr):
     return out
 
 
+@pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(tmp_path, data_dir, cache_dir):
     n = 3
     env = _env(cache_dir)
@@ -129,6 +130,7 @@ def test_sigkill_then_resume_is_bit_identical(tmp_path, data_dir, cache_dir):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_sigterm_saves_and_the_run_resumes(tmp_path, data_dir, cache_dir):
     env = _env(cache_dir)
     run_dir = str(tmp_path / "preempted")
@@ -159,6 +161,7 @@ def _free_port():
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path, data_dir, cache_dir):
     steps = 3
     common = (f"--config.train.num_steps={steps}", "--config.train.log_every=1", "--config.train.checkpoint_every=100")
@@ -259,6 +262,7 @@ def test_config_and_data_problems_are_one_clear_message(tmp_path):
     assert "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_resolved_config_is_written(tmp_path, data_dir, cache_dir):
     wd = str(tmp_path / "w")
     _run(_cmd(wd, data_dir, "--config.train.num_steps=1", "--config.optim.lr=0.0005"), _env(cache_dir))
