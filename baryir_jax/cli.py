@@ -12,7 +12,9 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 
 from baryir_jax.errors import EXIT_INTERRUPTED, BaryIRError
@@ -72,3 +74,23 @@ def console(prog: str, main: Callable[[list[str] | None], int | None]) -> Callab
 
     run.__doc__ = f"``{prog}`` (console script): exits with the code of :mod:`baryir_jax.errors`."
     return run
+
+
+def output_write_problem(out: str, start: str, prefix: str, not_a_folder: str) -> str | None:
+    """Why nothing can be written for ``--output out``, or None. The nearest existing folder at or above ``start``
+    is probed with a real write (a file named ``prefix…``, written, synced and removed), so that permissions, a
+    read-only file system and a full disk all show here, also for root; ``not_a_folder`` ends the message when
+    that nearest existing path is a file. Creates nothing."""
+    probe_dir = os.path.abspath(start)
+    while not os.path.exists(probe_dir):
+        probe_dir = os.path.dirname(probe_dir)
+    if not os.path.isdir(probe_dir):
+        return f"--output {out}: {probe_dir} {not_a_folder}"
+    try:
+        with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=prefix) as f:
+            f.write(b"probe")
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        return f"--output {out}: cannot write in {probe_dir} ({e.strerror or e})"
+    return None

@@ -15,6 +15,7 @@ import sys
 
 import numpy as np
 import pytest
+from train_logs import step_scalars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIG = os.path.join(ROOT, "configs", "demo.py") + ":all,tiny"
@@ -91,15 +92,7 @@ def _assert_same_state(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def _losses(stderr):
-    """Per-step scalars from clu's logging writer: {step: {name: value}}."""
-    import re
-
-    out = {}
-    for m in re.finditer(r"\[(\d+)\] (train/.*)", stderr):
-        vals = dict(kv.split("=") for kv in m.group(2).split(", "))
-        out[int(m.group(1))] = {k[6:]: float(v) for k, v in vals.items()}
-    return out
+_losses = step_scalars
 
 
 def _copy(src, dst, keep_steps=None):

@@ -2,7 +2,6 @@
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
@@ -11,6 +10,7 @@ import time
 
 import numpy as np
 import pytest
+from train_logs import step_scalars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny demo on all seven embedded sources: every degradation id and five potentials, so these runs play the
@@ -88,13 +88,7 @@ def _leaves(tree):
     return jax.tree.leaves(tree)
 
 
-def _losses(stderr):
-    """Per-step restorer loss and potential objective from clu's logging writer."""
-    out = {}
-    for m in re.finditer(r"\[(\d+)\] (train/.*)", stderr):
-        vals = dict(kv.split("=") for kv in m.group(2).split(", "))
-        out[int(m.group(1))] = {k[6:]: float(v) for k, v in vals.items()}
-    return out
+_losses = step_scalars
 
 
 @pytest.mark.slow

@@ -13,7 +13,6 @@ import logging
 import os
 import shutil
 import sys
-import tempfile
 import time
 
 from baryir_jax import cli
@@ -26,24 +25,10 @@ def _check_output(out: str) -> str | None:
     """Why `out` cannot receive the converted checkpoint, or None. Creates nothing."""
     if os.path.lexists(out) and not os.path.isdir(out):
         return f"--output {out} exists and is not a directory; choose a new directory"
-    if os.path.isdir(out):
-        if os.listdir(out):
-            return f"--output {out} is not empty; choose a new directory"
-        probe_dir = out
-    else:
-        probe_dir = os.path.dirname(os.path.abspath(out))
-        while not os.path.exists(probe_dir):
-            probe_dir = os.path.dirname(probe_dir)
-        if not os.path.isdir(probe_dir):
-            return f"--output {out}: {probe_dir} is not a directory"
-    try:  # a real write: permissions, a read-only file system and a full disk all show here (root included)
-        with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".baryir-convert-probe-") as f:
-            f.write(b"probe")
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        return f"--output {out}: cannot write in {probe_dir} ({e.strerror or e})"
-    return None
+    if os.path.isdir(out) and os.listdir(out):
+        return f"--output {out} is not empty; choose a new directory"
+    start = out if os.path.isdir(out) else os.path.dirname(os.path.abspath(out))
+    return cli.output_write_problem(out, start, ".baryir-convert-probe-", "is not a directory")
 
 
 def main(argv=None) -> int:

@@ -48,7 +48,6 @@ import os
 import resource
 import stat
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 
@@ -260,19 +259,7 @@ def check_output(out: str) -> str | None:
     removed, so permissions, a read-only file system and a full disk show here, also for root)."""
     if os.path.lexists(out) and not os.path.isdir(out):
         return f"--output {out} exists and is not a folder; choose a folder"
-    probe_dir = os.path.abspath(out)
-    while not os.path.exists(probe_dir):
-        probe_dir = os.path.dirname(probe_dir)
-    if not os.path.isdir(probe_dir):
-        return f"--output {out}: {probe_dir} is a file, not a folder"
-    try:
-        with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=".baryir-restore-probe-") as f:
-            f.write(b"probe")
-            f.flush()
-            os.fsync(f.fileno())
-    except OSError as e:
-        return f"--output {out}: cannot write in {probe_dir} ({e.strerror or e})"
-    return None
+    return cli.output_write_problem(out, out, ".baryir-restore-probe-", "is a file, not a folder")
 
 
 def icc_profile(path: str) -> bytes | None:
