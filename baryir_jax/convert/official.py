@@ -18,6 +18,11 @@ tensor is read. Wrapper prefixes are removed from the keys: ``module.`` (DataPar
 the network carries it and it is the only one in front of ``patch_embed.proj.weight`` (the error names a prefix
 that cannot be removed). Only the parameters that are converted are read from the file (see
 :mod:`baryir_jax.convert.torch_pickle`); parameters holding NaN or inf are reported by ``warn``, naming them.
+
+Kept whole (one idea, about 450 lines): official parameter trees → ours, i.e. finding BaryNet's and the
+potentials' state dicts in a checkpoint's layouts, reading the sizes off them, and mapping every name and layout
+with the shape checks that come before any tensor is read; the file reading is in ``torch_pickle``, the command
+and its output in :mod:`baryir_jax.convert.cli`.
 """
 
 from __future__ import annotations

@@ -31,6 +31,12 @@ allocate memory out of proportion to the tensors it really holds:
 Every problem of the file raises :class:`CheckpointFormatError` (or :class:`UnsafeCheckpointError` for a
 refused global) whose message is the reason only, without the file name; geometry errors name the tensor.
 :func:`load_torch_checkpoint` does both steps for every tensor reachable from the pickle's root.
+
+Why one module of this size: it holds one idea, reading a ``torch.save`` file safely. The unpickler, the tensor
+records and the storage reader share one safety argument: the geometry the pickle declares
+(``_geometry_problem``) is checked when a :class:`TensorRef` is built and again against the storage members'
+sizes before :meth:`TorchCheckpoint.read` decompresses anything, and the limits (:data:`MAX_PICKLE_BYTES`,
+:data:`MAX_COVERAGE`, ...) bound the two steps together. Split, each half would hold only part of the guarantee.
 """
 
 from __future__ import annotations
