@@ -340,13 +340,20 @@ def _main(argv=None) -> int:
         expected = expected_counts(BENCHMARKS[args.benchmark], collection)
         if args.expected:
             expected.update(parse_expected(args.expected, bench.tasks))
+        output = args.output or f"baryir_eval_{args.benchmark}"
+        if os.path.lexists(output) and not os.path.isdir(output):
+            raise CheckpointError(f"--output {output} exists and is not a folder; choose a folder")
+        problem = cli.output_write_problem(output, output, ".baryir-evaluate-probe-", "is a file, not a folder")
+        if problem:  # before the model loads: nothing is computed for results that cannot be written
+            raise CheckpointError(problem)
+        if args.max_shapes < 0:
+            raise CheckpointError(f"--max_shapes must be 0 (no bucketing) or more, got {args.max_shapes}.")
         restorer = load_restorer(args.checkpoint, config, args.dtype)
     except ValueError as e:  # an argument that cannot work (exit 1, as it always was); config problems: 2
         if isinstance(e, BaryIRError):
             raise
         raise InputError(str(e)) from None
     restorer.name = args.name
-    output = args.output or f"baryir_eval_{args.benchmark}"
     entries: list = []
     task_sources = data_sources(bench, data_dir, collection, args.limit, entries)
     refuse = []
