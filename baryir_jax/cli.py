@@ -76,21 +76,21 @@ def console(prog: str, main: Callable[[list[str] | None], int | None]) -> Callab
     return run
 
 
-def output_write_problem(out: str, start: str, prefix: str, not_a_folder: str) -> str | None:
-    """Why nothing can be written for ``--output out``, or None. The nearest existing folder at or above ``start``
-    is probed with a real write (a file named ``prefix…``, written, synced and removed), so that permissions, a
-    read-only file system and a full disk all show here, also for root; ``not_a_folder`` ends the message when
-    that nearest existing path is a file. Creates nothing."""
+def output_write_problem(out: str, start: str, prefix: str, not_a_folder: str, flag: str = "--output") -> str | None:
+    """Why nothing can be written for ``flag out`` (``--output`` unless named), or None. The nearest existing
+    folder at or above ``start`` is probed with a real write (a file named ``prefix…``, written, synced and
+    removed), so that permissions, a read-only file system and a full disk all show here, also for root;
+    ``not_a_folder`` ends the message when that nearest existing path is a file. Creates nothing."""
     probe_dir = os.path.abspath(start)
     while not os.path.exists(probe_dir):
         probe_dir = os.path.dirname(probe_dir)
     if not os.path.isdir(probe_dir):
-        return f"--output {out}: {probe_dir} {not_a_folder}"
+        return f"{flag} {out}: {probe_dir} {not_a_folder}"
     try:
         with tempfile.NamedTemporaryFile(dir=probe_dir, prefix=prefix) as f:
             f.write(b"probe")
             f.flush()
             os.fsync(f.fileno())
     except OSError as e:
-        return f"--output {out}: cannot write in {probe_dir} ({e.strerror or e})"
+        return f"{flag} {out}: cannot write in {probe_dir} ({e.strerror or e})"
     return None

@@ -208,6 +208,19 @@ def _setup_logging():
     logging.getLogger("baryir_jax").setLevel(logging.INFO)
 
 
+def _check_workdir(workdir: str) -> None:
+    """A local ``--workdir`` that cannot hold checkpoints is one line (exit 2) before anything is built: an existing
+    file, a path below a file, or a folder nobody can write in (probed with a real write). Remote workdirs
+    (``gs://…``) are left to the checkpoint library."""
+    if "://" in workdir:
+        return
+    if os.path.lexists(workdir) and not os.path.isdir(workdir):
+        raise UsageError(f"--workdir {workdir} exists and is not a folder; choose a new folder or a previous run's")
+    problem = cli.output_write_problem(workdir, workdir, ".baryir-train-probe-", "is a file, not a folder", "--workdir")
+    if problem:
+        raise UsageError(problem)
+
+
 def main(argv, overrides=()):
     """The training run of the parsed flags and the ``--config.KEY=VALUE`` ``overrides``; raises
     :class:`~baryir_jax.errors.BaryIRError` (exit codes in the module docstring)."""
@@ -218,6 +231,7 @@ def main(argv, overrides=()):
 
     config = load(FLAGS.config, overrides)  # the file, its variant, every override key and value
     validate(config)  # every field, before any process waits for others or anything compiles
+    _check_workdir(FLAGS.workdir)
     import jax
 
     kwargs, warning = _distributed_plan()

@@ -205,6 +205,20 @@ def test_bad_values_on_the_command_line_exit_2_before_anything_is_written(tmp_pa
         assert not wd.exists()  # validated before anything was written or built
 
 
+def test_a_workdir_that_is_a_file_is_one_line_before_anything_is_built(tmp_path, embedded_data_dir):
+    """--workdir naming a file, or a path below a file: one line and exit 2 from the flags alone (no data read, no
+    model built; the orbax traceback it used to be came after the data were loaded)."""
+    afile = tmp_path / "afile"
+    afile.write_bytes(b"")
+    for wd, says in ((afile, "exists and is not a folder"), (afile / "sub", f"{afile} is a file, not a folder")):
+        r = subprocess.run(_cmd(str(wd), embedded_data_dir), capture_output=True, text=True, env=_env(str(tmp_path)))
+        assert r.returncode == 2, (wd, r.stderr[-3000:])
+        last = r.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"baryir-train: --workdir {wd}") and says in last, r.stderr[-3000:]
+        assert "Traceback" not in r.stderr
+    assert afile.read_bytes() == b""
+
+
 README_OVERRIDES = [
     {"data.tasks": ("derain", "dehaze")},  # README: "any subset; potentials and λ follow"
     {"loss.congruence": "exact"},
