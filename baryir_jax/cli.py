@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 
 from baryir_jax.errors import EXIT_INTERRUPTED, BaryIRError
 
-ALIAS_NOTE = "Flag names take underscores or hyphens alike (--max_shapes = --max-shapes)."
+ALIAS_NOTE = "Flag names take underscores or hyphens alike (--a_flag = --a-flag)."
 
 
 def canonical_flags(argv: Sequence[str]) -> list[str]:

@@ -266,8 +266,19 @@ def _main(argv=None) -> int:
 
     argv = list(sys.argv[1:] if argv is None else argv)
     overrides, rest = split_overrides(argv)
-    app.run(lambda a: main(a, overrides), argv=[PROG, *cli.canonical_flags(rest)], flags_parser=_parse_flags)
+    rest = cli.canonical_flags(rest)
+    asked_help = any(a in HELP_FLAGS for a in rest[: rest.index("--") if "--" in rest else len(rest)])
+    rest = ["--help" if a == "-h" else a for a in rest]
+    try:
+        app.run(lambda a: main(a, overrides), argv=[PROG, *rest], flags_parser=_parse_flags)
+    except SystemExit as e:
+        if asked_help and e.code in (None, 0, 1):  # absl prints the help, then exits 1: help asked for is success
+            return 0
+        raise
     return 0
+
+
+HELP_FLAGS = ("-h", "--help", "--helpshort", "--helpfull", "--helpxml")
 
 
 run = cli.console(PROG, _main)  # console-script entry point

@@ -354,3 +354,12 @@ def test_train_takes_hyphenated_flags_and_reports_bad_flags_as_usage_errors(tmp_
     lines = _prog_lines(r.stderr, "baryir-train")
     assert r.returncode == 2 and len(lines) == 1 and "--distributed_timeout=soon" in lines[0], r.stderr[-2000:]
     assert "Traceback" not in r.stderr and not (tmp_path / "w").exists()
+
+
+@pytest.mark.parametrize("prog", sorted(SCRIPTS))
+@pytest.mark.parametrize("flag", ["--help", "-h"])
+def test_help_is_exit_0_in_every_command(prog, flag):
+    """Help asked for is success (absl exits 1 after printing it; baryir-train turns that into 0 and takes -h)."""
+    r = _script(prog, flag)
+    assert r.returncode == 0, (prog, flag, r.returncode, r.stderr[-2000:])
+    assert "Traceback" not in r.stderr and ("usage" in r.stdout.lower() or "flags:" in r.stdout.lower()), r.stdout[:500]
