@@ -334,7 +334,7 @@ def test_clipping_in_the_train_step_changes_the_trajectory_and_stays_finite():
 
 
 @pytest.mark.slow
-def test_norms_are_in_the_workdirs_scalar_logs(tmp_path):
+def test_norms_are_in_the_workdirs_scalar_logs(tmp_path, embedded_data_dir):
     """Two steps of demo.py:tiny through baryir_jax.main, logged every step: the norms are TensorBoard scalars."""
     from tensorboard.backend.event_processing import event_accumulator
 
@@ -347,6 +347,7 @@ def test_norms_are_in_the_workdirs_scalar_logs(tmp_path):
             "baryir_jax.main",
             f"--config={os.path.join(ROOT, 'configs', 'demo.py')}:tiny",
             f"--workdir={wd}",
+            f"--config.data.data_dir={embedded_data_dir}",  # prepared once per session (tests/conftest.py)
             "--config.train.num_steps=2",
             "--config.train.log_every=1",
             "--config.train.export_model=false",
