@@ -3,6 +3,7 @@
 import os
 
 import numpy as np
+import pytest
 
 from baryir_jax.models.io import as_path, load_model_checkpoint, save_model_checkpoint
 
@@ -42,3 +43,23 @@ def test_loaded_models_compute_depthwise_convolutions_for_this_host(tmp_path):
     meta["barynet"]["conv_impl"] = "native"  # as a TPU run might have written it
     (d / "model_config.json").write_text(json.dumps(meta))
     assert load_model_checkpoint(str(d))[0].conv_impl == "shifted"
+
+
+def test_init_from_a_checkpoint_of_other_sizes_names_each_differing_field(tmp_path):
+    """config.train.init_from with another model size: one line naming each field that differs (not the module's
+    multi-line repr). Cheap: a pattern-initialised tiny checkpoint, shapes only."""
+    from baryir_jax.config import ConfigError
+    from baryir_jax.evaluate.checkpoint import numpy_init
+    from baryir_jax.models import BaryNet
+    from baryir_jax.models.io import save_model_checkpoint
+    from baryir_jax.train.loop import load_restorer_params
+
+    tiny = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 1, 1))
+    ckpt = str(tmp_path / "ckpt")
+    save_model_checkpoint(ckpt, numpy_init(BaryNet(**tiny), 0), tiny)
+    with pytest.raises(ConfigError) as e:
+        load_restorer_params(ckpt, BaryNet(**{**tiny, "dim": 16, "num_refinement_blocks": 2}))
+    msg = str(e.value)
+    assert "\n" not in msg, msg
+    assert "dim: checkpoint 8, config 16" in msg and "num_refinement_blocks: checkpoint 1, config 2" in msg, msg
+    assert "heads" not in msg  # equal fields are not named

@@ -199,9 +199,20 @@ def load_restorer_params(directory: str, barynet) -> Any:
     if jax.tree.structure(expected) != jax.tree.structure(got) or any(
         a.shape != b.shape for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got))
     ):
+        from baryir_jax.config import ARCH_KEYS
+
+        def norm(v):
+            return tuple(v) if isinstance(v, (list, tuple)) else v
+
+        differ = [
+            f"{k}: checkpoint {norm(getattr(model, k))!r}, config {norm(getattr(barynet, k))!r}"
+            for k in ARCH_KEYS
+            if hasattr(model, k) and hasattr(barynet, k) and norm(getattr(model, k)) != norm(getattr(barynet, k))
+        ]
         raise ConfigError(
-            f"config.train.init_from={directory}: its BaryNet ({model}) does not match config.model; "
-            "set config.model to the checkpoint's sizes (see its model_config.json)"
+            f"config.train.init_from={directory}: its BaryNet does not match config.model "
+            f"({', '.join(differ) or 'the parameter shapes differ'}); set config.model to the checkpoint's sizes "
+            "(its model_config.json)"
         )
     return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
 
