@@ -523,7 +523,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             n_acc += 1
             report(step)
             final = step == exp.num_steps
-            save_now = step % ckpt_every == 0 or final or preempt.requested
+            # The SIGTERM flag is read once per step: read twice, a signal arriving between the reads (e.g. while
+            # the scalars are written) announced a save that was never made.
+            stop = preempt.requested
+            save_now = step % ckpt_every == 0 or final or stop
             if step % log_every == 0 or save_now or len(flags) >= 256:
                 _check_finite(flags, mngr, config)  # before anything of these steps is saved or logged
                 flags = []
@@ -534,7 +537,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 last_metrics = dict({k: float(v) for k, v in jax.device_get(metrics).items()}, finite=1.0)
             if save_now:
                 _save(mngr, step, state, position(step), config_json)
-            if preempt.requested:
+            if stop:
                 mngr.wait_until_finished()
                 log.warning("SIGTERM: saved step %d in %s; rerun the same command to resume", step, mngr.directory)
                 writer.flush()
