@@ -92,9 +92,6 @@ def _assert_same_state(a, b):
         np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-_losses = step_scalars
-
-
 def _copy(src, dst, keep_steps=None):
     shutil.copytree(src, dst)
     if keep_steps is not None:
@@ -437,7 +434,7 @@ def test_two_processes_then_one_process(tmp_path, reference, embedded_data_dir, 
     assert _steps(wd) == [1, 2] and _export_step(wd) == 2  # process 0 exported alone
     r = _run(_cmd(wd, embedded_data_dir, f"--config.train.num_steps={STEPS}"), _env(jax_cache_dir))
     assert "at step 2" in r.stderr
-    ours, ref = _losses(r.stderr), _losses(reference[1])
+    ours, ref = step_scalars(r.stderr), step_scalars(reference[1])
     assert sorted(ours) == [3, 4]
     for s in (3, 4):  # the same batches as the uninterrupted run: equal up to the 2-device rounding of steps 1-2
         for k in ("restorer_loss", "l1", "transport_cost"):

@@ -88,9 +88,6 @@ def _leaves(tree):
     return jax.tree.leaves(tree)
 
 
-_losses = step_scalars
-
-
 @pytest.mark.slow
 def test_sigkill_then_resume_is_bit_identical(tmp_path, data_dir, cache_dir):
     n = 3
@@ -182,7 +179,7 @@ def test_two_processes_match_one_process(tmp_path, data_dir, cache_dir):
     outs = [p.communicate(timeout=900) for p in procs]
     for p, (_, err) in zip(procs, outs):
         assert p.returncode == 0, err[-3000:]
-    l1, l2 = _losses(one.stderr), _losses(outs[0][1])
+    l1, l2 = step_scalars(one.stderr), step_scalars(outs[0][1])
     assert sorted(l1) == sorted(l2) == list(range(1, steps + 1))
     for s in l1:
         for k in ("restorer_loss", "l1", "transport_cost"):
