@@ -12,7 +12,10 @@
 # Environment: PYTHON (default python3), PATCH (128), STEPS (10), WARMUP (2), EACH_TIMEOUT (240 s), BUDGET (total
 # seconds after which the remaining measurements are skipped; default none), BATCHES ("3 8 16 32"),
 # OFFICIAL_BATCHES ("3 8"), OFFICIAL_BF16 (1 = also the official iteration under bf16 autocast), CONFIG
-# (configs/three_task.py), DTYPES (float32,bfloat16), PEAK_TFLOPS (the chip's peak if the table lacks it).
+# (configs/three_task.py), DTYPES (float32,bfloat16), PEAK_TFLOPS (the chip's peak if the table lacks it),
+# PRECOMPILE (N: compile every JAX measurement first, N processes at a time, into a persistent compilation cache
+# that the timed processes load; on a many-core GPU host 8 turns eight 2-4 minute compiles into about the longest
+# one; default 0 = each timed process compiles its own), PRECOMPILE_TIMEOUT (seconds per compiling process).
 set -u
 out=${1:?usage: accelerator_suite.sh OUTDIR [OFFICIAL_REPO]}
 official=${2:-}
@@ -31,6 +34,8 @@ args=(
   --each-timeout "${EACH_TIMEOUT:-240}" --jsonl "$out/results.jsonl" --out "$out/summary.json"
 )
 [ -n "${BUDGET:-}" ] && args+=(--budget "$BUDGET")
+[ -n "${PRECOMPILE:-}" ] && args+=(--precompile "$PRECOMPILE")
+[ -n "${PRECOMPILE_TIMEOUT:-}" ] && args+=(--precompile-timeout "$PRECOMPILE_TIMEOUT")
 [ -n "${PEAK_TFLOPS:-}" ] && args+=(--peak-tflops "$PEAK_TFLOPS")
 [ "${OFFICIAL_BF16:-0}" = 1 ] && args+=(--official-bf16)
 [ -n "$official" ] && args+=(--official-repo "$official")

@@ -72,8 +72,17 @@ def compiled_flops(compiled) -> float | None:
 
 
 def bench_jax(
-    config_path: str, dtype: str, batch: int, patch: int, steps: int, warmup: int, peak: float | None = None
+    config_path: str,
+    dtype: str,
+    batch: int,
+    patch: int,
+    steps: int,
+    warmup: int,
+    peak: float | None = None,
+    compile_only: bool = False,
 ) -> dict:
+    """One JAX measurement in this process. ``compile_only``: initialise and compile, run nothing, and return
+    the compile time (with a persistent compilation cache set, this fills it for a later timed process)."""
     import jax
 
     from baryir_jax.train import step as step_lib
@@ -104,6 +113,8 @@ def bench_jax(
     compiled = jstep.lower(state, batch_arr).compile()
     compile_s = time.perf_counter() - t0
     print(f"[bench] {dtype}: compiled in {compile_s:.1f}s", file=sys.stderr, flush=True)
+    if compile_only:
+        return dict(impl="jax", dtype=dtype, batch_per_device=batch, compile_seconds=round(compile_s, 1))
     for _ in range(warmup):
         state, m = compiled(state, batch_arr)
     jax.block_until_ready(state)
@@ -240,7 +251,7 @@ def _load_config(path: str):
     return load(path, lock=False)
 
 
-def _in_subprocess(args: list[str], timeout: float | None = None) -> dict:
+def _in_subprocess(args: list[str], timeout: float | None = None, env: dict | None = None) -> dict:
     """Each measurement in a fresh process, so that peak memory and compile caches are its own.
 
     A failure (non-zero exit, e.g. out of memory, or the timeout) is returned as ``{"error": ...}``."""
@@ -252,6 +263,7 @@ def _in_subprocess(args: list[str], timeout: float | None = None) -> dict:
             capture_output=True,
             text=True,
             timeout=timeout,
+            env=env,
         )
     except subprocess.TimeoutExpired:
         return dict(error=f"timed out after {timeout:.0f} s")
@@ -259,6 +271,24 @@ def _in_subprocess(args: list[str], timeout: float | None = None) -> dict:
         tail = [line for line in r.stderr.strip().splitlines() if line.strip()][-3:]
         return dict(error=f"exit {r.returncode}: " + " | ".join(tail)[-800:])
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def precompile(
+    jobs: list[tuple[str, int]], common: list[str], parallel: int, timeout: float | None, env: dict
+) -> dict[tuple[str, int], dict]:
+    """Compile every JAX measurement ``(dtype, per-device batch)`` first, ``parallel`` fresh processes at a
+    time, into the persistent compilation cache named by ``env`` (``JAX_COMPILATION_CACHE_DIR``), so that the
+    timed processes that follow, one at a time, load their executables instead of compiling (and autotuning) them
+    one after another. On a GPU host with many cores this turns eight sequential compiles of 2-4 minutes each
+    into about the longest one. Returns each job's ``{"compile_seconds": ...}`` or ``{"error": ...}``."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(job):
+        dtype, batch = job
+        return _in_subprocess(common + ["--only", dtype, "--batch", str(batch), "--compile_only"], timeout, env)
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel)) as pool:
+        return dict(zip(jobs, pool.map(one, jobs)))
 
 
 def _ints(text: str) -> list[int]:
@@ -306,6 +336,18 @@ def main(argv=None):
     p.add_argument("--peak_tflops", type=float, default=None, help="the device's peak for the MFU (default: table)")
     p.add_argument("--each_timeout", type=float, default=None, help="seconds per measurement (a fresh process)")
     p.add_argument("--budget", type=float, default=None, help="seconds in all; later measurements are skipped")
+    p.add_argument(
+        "--precompile",
+        type=int,
+        default=0,
+        help="compile every JAX measurement first, N processes at a time, into a persistent compilation cache that "
+        "the timed processes then load (0: each timed process compiles its own step)",
+    )
+    p.add_argument("--precompile_timeout", type=float, default=None, help="seconds per precompiling process")
+    p.add_argument(
+        "--compilation_cache", default=None, help="the cache folder for --precompile (default: a temporary one)"
+    )
+    p.add_argument("--compile_only", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--out", default=None, help="write the summary JSON here")
     p.add_argument("--jsonl", default=None, help="append every result here as soon as it exists")
     p.add_argument("--only", default=None, help=argparse.SUPPRESS)  # one measurement, in this process
@@ -320,7 +362,8 @@ def main(argv=None):
         )
         return
     if a.only:
-        print(json.dumps(bench_jax(a.config, a.only, a.batch, a.patch, a.steps, a.warmup, a.peak_tflops)))
+        r = bench_jax(a.config, a.only, a.batch, a.patch, a.steps, a.warmup, a.peak_tflops, a.compile_only)
+        print(json.dumps(r))
         return
     batches = _ints(a.batches) if a.batches else [a.batch]
     official_batches = _ints(a.official_batches) if a.official_batches else batches[:1]
@@ -336,13 +379,33 @@ def main(argv=None):
         if a.official_repo and a.official_bf16 and batch in official_batches:
             plan.append(("official-bf16", batch))
     t_start = time.perf_counter()
+    env, compiled, cache_tmp = None, {}, None
+    if a.precompile:
+        import shutil
+        import tempfile
+
+        cache = a.compilation_cache or (cache_tmp := tempfile.mkdtemp(prefix="baryir-bench-cache-"))
+        env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=cache, JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0")
+        jobs = [(what, batch) for what, batch in plan if not what.startswith("official")]
+        # the compiling processes share the device: none may take most of its memory up front
+        compile_env = dict(env, XLA_PYTHON_CLIENT_PREALLOCATE="false")
+        compiled = precompile(jobs, common, a.precompile, a.precompile_timeout, compile_env)
+        for (what, batch), r in compiled.items():
+            print(json.dumps({**r, "precompiled": what, "batch_per_device": batch}), flush=True)
+        print(f"[bench] precompiled in {time.perf_counter() - t_start:.0f}s", file=sys.stderr, flush=True)
     results = []
     for what, batch in plan:
         if a.budget is not None and time.perf_counter() - t_start > a.budget:
             r = dict(error="skipped: --budget spent")
         else:
             extra = ["--official-repo", a.official_repo] if what.startswith("official") else []
-            r = _in_subprocess(common + ["--only", what, "--batch", str(batch)] + extra, a.each_timeout)
+            r = _in_subprocess(common + ["--only", what, "--batch", str(batch)] + extra, a.each_timeout, env)
+        if (what, batch) in compiled and "error" not in r:
+            # the timed process loaded its step from the cache: its own compile time is the load
+            first = compiled[(what, batch)]
+            r["compile_seconds_cached"] = r.pop("compile_seconds")
+            r["compile_seconds"] = first.get("compile_seconds")
+            r["compiled_in_parallel"] = a.precompile
         if "error" in r:
             impl = "pytorch-official" if what.startswith("official") else "jax"
             r = dict(impl=impl, dtype=what, batch_per_device=batch, **r)
@@ -351,8 +414,11 @@ def main(argv=None):
             with open(a.jsonl, "a") as f:
                 f.write(json.dumps(r) + "\n")
         results.append(r)
+    if cache_tmp:
+        shutil.rmtree(cache_tmp, ignore_errors=True)
     summary = dict(
         config=a.config,
+        precompile=a.precompile,
         patch=a.patch,
         steps=a.steps,
         warmup=a.warmup,
