@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import importlib.util
 import os
 from collections.abc import Sequence
@@ -197,7 +198,9 @@ def load(spec, overrides: Sequence[str] = (), *, lock: bool = True) -> Any:
             f"--config={spec}: no such file (give a Python file defining get_config(), optionally FILE:variant)"
         )
     try:
-        mod_spec = importlib.util.spec_from_file_location(f"_baryir_config_{abs(hash(os.path.abspath(file)))}", file)
+        # read as Python source whatever the file's name (spec_from_file_location knows no loader for a .txt)
+        name = f"_baryir_config_{abs(hash(os.path.abspath(file)))}"
+        mod_spec = importlib.util.spec_from_loader(name, importlib.machinery.SourceFileLoader(name, file))
         module = importlib.util.module_from_spec(mod_spec)
         mod_spec.loader.exec_module(module)
         if not hasattr(module, "get_config"):

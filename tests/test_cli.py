@@ -98,6 +98,27 @@ def test_a_broken_config_file_is_one_line(tmp_path):
         config_lib.load(str(tmp_path / "none.py"))
 
 
+@pytest.mark.parametrize("name", ["config.txt", "config", "config.py.bak", "config.json"])
+def test_a_config_file_not_named_py_is_read_as_python(tmp_path, name):
+    """The loader reads FILE as Python source whatever its name (a backup, a file without suffix), and one that
+    is not Python is one line naming what went wrong, never an AttributeError from the import machinery."""
+    f = tmp_path / name
+    f.write_text(
+        "import ml_collections\ndef get_config(arg=None):\n    return ml_collections.ConfigDict(dict(v=arg))\n"
+    )
+    assert config_lib.load(f"{f}:x").v == "x"
+    f.write_text("x = 1\n")
+    with pytest.raises(ConfigError, match="defines no get_config"):
+        config_lib.load(str(f))
+    f.write_text('{"model": {"dim": 8}}\n')  # JSON, e.g. a saved config.json given by mistake
+    with pytest.raises(ConfigError, match="defines no get_config"):
+        config_lib.load(str(f))
+    f.write_bytes(b"\x00\x01binary")
+    with pytest.raises(ConfigError) as e:
+        config_lib.load(str(f))
+    assert "\n" not in str(e.value) and "AttributeError" not in str(e.value), str(e.value)
+
+
 # --------------------------------------------------------------------------------------- derived settings
 
 
