@@ -56,10 +56,11 @@ flags.DEFINE_integer(
     300,
     "Seconds the processes of a multi-process job wait for each other at the coordinator before giving up "
     "(exit code 4).",
+    lower_bound=1,
 )
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process GPU/CPU jobs).")
-flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process job.")
-flags.DEFINE_integer("process_id", None, "This process's index in a multi-process job.")
+flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process job.", lower_bound=1)
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-process job.", lower_bound=0)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
