@@ -329,6 +329,30 @@ def test_changed_settings_that_a_resumed_run_must_keep_stop_first(tmp_path, refe
         assert os.listdir(os.path.join(wd, "config_history")) == ["000_from_step_0.json"]
 
 
+def test_the_way_forward_names_an_export_only_when_there_is_one(tmp_path):
+    """The one line of a fixed-setting change points to WORKDIR/model for fine-tuning; a run stopped before any
+    export has none, and the line says so and how to write one (resume with its own settings up to its newest
+    checkpoint's step: nothing is trained, the step is exported)."""
+    from baryir_jax.train import workdir as workdir_lib
+    from baryir_jax.train.workdir import WorkdirError
+
+    wd = tmp_path / "w"
+    os.makedirs(wd / "checkpoints" / "2")
+    os.makedirs(wd / "checkpoints" / "6")
+    saved, current = {"model": {"dim": 8}}, {"model": {"dim": 16}}
+    with pytest.raises(WorkdirError) as e:
+        workdir_lib.check_resume_config(str(wd), saved, "config.json", current)
+    line = str(e.value)
+    assert "\n" not in line and "model.dim: 8 → 16" in line
+    assert "no exported model yet" in line and "--config.train.num_steps=6" in line, line
+    os.makedirs(wd / "model" / "params")
+    (wd / "model" / "model_config.json").write_text(json.dumps({"extra": {"step": 6}}))
+    with pytest.raises(WorkdirError) as e:
+        workdir_lib.check_resume_config(str(wd), saved, "config.json", current)
+    line = str(e.value)
+    assert f"--config.train.init_from={os.path.join(str(wd), 'model')}" in line and "no exported model" not in line
+
+
 # -------------------------------------------------------------------------------------- 5. damaged checkpoints
 
 

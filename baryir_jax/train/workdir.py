@@ -112,10 +112,19 @@ def check_resume_config(workdir: str, saved: dict | None, saved_where: str, curr
     fixed, allowed = compare_configs(saved, current)
     if fixed:
         what = "; ".join(f"{k}: {_short(old)} → {_short(new)} ({why})" for k, old, new, why in fixed)
+        model = os.path.join(workdir, MODEL)
+        if exported_step(workdir) is None:  # stopped before its export: say how to write one
+            steps = checkpoint_steps(os.path.join(workdir, CHECKPOINTS))
+            model += (
+                f" (it has no exported model yet: resume it with its own settings and "
+                f"--config.train.num_steps={steps[0]}, which trains nothing and exports step {steps[0]})"
+                if steps
+                else " (it has no exported model yet)"
+            )
         raise WorkdirError(
             f"{workdir} holds a run whose settings differ from this one where a resumed run must keep them "
             f"(compared with {saved_where}): {what}. Keep those values to resume it; or train with them in a new "
-            f"--workdir, optionally fine-tuning its model: --config.train.init_from={os.path.join(workdir, MODEL)}"
+            f"--workdir, optionally fine-tuning its model: --config.train.init_from={model}"
         )
     if allowed:
         log.info(
