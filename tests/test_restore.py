@@ -98,6 +98,8 @@ def test_cli_handles_gray_rgba_16bit_exif_and_corrupt_files(ckpt, tmp_path, caps
     Image.fromarray(photo[100:156, :64]).save(src / "phone.jpg", exif=exif.tobytes(), quality=95)
     (src / "broken.png").write_bytes(_png_bytes(rgb)[:200])
     (src / "notes.txt").write_text("not an image")
+    frames = [Image.fromarray(rgb), Image.fromarray(rgb[::-1])]  # an animated GIF: its first frame is restored
+    frames[0].save(src / "anim.gif", save_all=True, append_images=frames[1:])
     out = tmp_path / "out"
     rc = restore.main(
         [
@@ -117,7 +119,11 @@ def test_cli_handles_gray_rgba_16bit_exif_and_corrupt_files(ckpt, tmp_path, caps
     )
     cap = capsys.readouterr()
     assert rc == 0, cap.err
-    assert "restored 5 image(s), skipped 1" in cap.out and "ignored 1 non-image file(s)" in cap.out
+    assert "restored 6 image(s), skipped 1" in cap.out and "ignored 1 non-image file(s): notes.txt" in cap.out
+    rgba_line = next(line for line in cap.out.splitlines() if line.startswith(os.path.join("sub", "rgba.png")))
+    assert "alpha kept" in rgba_line and "dropped" not in rgba_line, rgba_line
+    gif_line = next(line for line in cap.out.splitlines() if line.startswith("anim.gif"))
+    assert "first of 2 frames used" in gif_line, gif_line
     assert "broken.png" in cap.err and "peak RSS" in cap.out
     assert "1 compiled shape(s) [(48, 48)]" in cap.out  # every image larger than a tile: one shape
     with Image.open(out / "rgb.png") as im:
@@ -131,6 +137,8 @@ def test_cli_handles_gray_rgba_16bit_exif_and_corrupt_files(ckpt, tmp_path, caps
     with Image.open(out / "phone.png") as im:
         assert im.size == (56, 64)  # EXIF orientation 6 applied: 64 wide stored, shown 56 wide
     assert not (out / "broken.png").exists()
+    with Image.open(out / "anim.png") as im:
+        assert im.mode == "RGB" and im.size == (64, 56)
 
 
 def test_cli_errors_are_clear(ckpt, tmp_path, capsys):

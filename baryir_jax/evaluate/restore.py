@@ -13,7 +13,9 @@ elsewhere and at the image border), divided by the summed weights, then quantise
 bytes per pixel: ~0.4 GB for 4000×3000), not through the network. An image no larger than a tile in a side is
 padded (reflect) to a multiple of 8 in that side and runs whole; `--tile 0` runs every image whole.
 
-Inputs: every regular file Pillow reads, via `baryir_jax.data.images.load_image_bytes`: grayscale is replicated
+Inputs: a file, or the files of a folder (recursively) named .png, .jpg, .jpeg, .bmp, .tif, .tiff, .webp, .ppm,
+.pgm or .gif (an animated GIF: its first frame; other files are named in the summary as ignored), read via
+`baryir_jax.data.images.load_image_bytes`: grayscale is replicated
 to RGB and saved back as grayscale; RGBA/LA keep their alpha channel (passed through unchanged); an embedded ICC
 colour profile is carried to the output (when the output has the profile's colour model); 16-bit images are
 reduced to 8 bits (high byte); EXIF orientation is applied. Unreadable, truncated or refused files, and
@@ -64,6 +66,7 @@ from baryir_jax.evaluate.restore_files import (  # noqa: F401 - re-exported: the
     find_inputs,
     icc_profile,
     input_tree_files,
+    name_some,
     plan_destinations,
     profile_fits,
     read_image,
@@ -225,7 +228,9 @@ def _main(argv=None) -> int:
         if not inputs:
             raise ValueError(
                 f"--input {args.input}: no image files found (looked for .png, .jpg, .jpeg, .bmp, .tif, "
-                ".tiff, .webp, .ppm, .pgm)" + (f"; {ignored} other file(s) ignored" if ignored else "") + "."
+                ".tiff, .webp, .ppm, .pgm, .gif)"
+                + (f"; {len(ignored)} other file(s) ignored: {name_some(ignored)}" if ignored else "")
+                + "."
             )
         plan, skipped = plan_destinations(inputs, out_root, input_tree_files(args.input, exclude))
         config = config_lib.load(args.config, overrides) if args.config else None
@@ -280,7 +285,7 @@ def _main(argv=None) -> int:
     print(
         f"restored {done} image(s), skipped {len(skipped)} (unreadable, corrupt, refused or not writable)"
         + (f", {renamed} renamed so that nothing is overwritten" if renamed else "")
-        + (f", ignored {ignored} non-image file(s)" if ignored else "")
+        + (f", ignored {len(ignored)} non-image file(s): {name_some(ignored)}" if ignored else "")
         + (f"; STOPPED by a full disk, {not_attempted + 1} image(s) not written" if stopped else "")
         + f"; {len(restorer.shapes)} compiled shape(s) {sorted(s[1:3] for s in restorer.shapes)}; "
         f"{total:.1f} s in all; peak RSS {peak_rss_mib():.0f} MiB"

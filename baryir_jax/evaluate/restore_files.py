@@ -30,25 +30,41 @@ _ORIENT = {
 }
 
 
-def find_inputs(path: str, exclude: str | None = None) -> tuple[list[tuple[str, str]], int]:
-    """[(file, relative path)] of the image files at `path` (a file or a folder, searched recursively, not into
-    `exclude`) and the number of other files ignored. Image names that are not regular files are listed too:
-    reading them is refused (a counted skip), see `baryir_jax.data.images.read_regular_file`."""
+# Restored besides the training formats: a GIF (its first frame; the line of the image says so).
+EXTRA_EXTENSIONS = (".gif",)
+
+
+def is_restorable(name: str) -> bool:
+    """A file name ``baryir-restore`` takes: the training image formats (`baryir_jax.data.images`) and GIF."""
     from baryir_jax.data.images import is_image_file
 
+    return is_image_file(name) or (name.lower().endswith(EXTRA_EXTENSIONS) and not name.startswith("."))
+
+
+def find_inputs(path: str, exclude: str | None = None) -> tuple[list[tuple[str, str]], list[str]]:
+    """[(file, relative path)] of the image files at `path` (a file or a folder, searched recursively, not into
+    `exclude`) and the relative paths of the other files, which are ignored (hidden files are not listed). Image
+    names that are not regular files are listed too: reading them is refused (a counted skip), see
+    `baryir_jax.data.images.read_regular_file`."""
     if not os.path.isdir(path):
-        return [(path, os.path.basename(path))], 0
+        return [(path, os.path.basename(path))], []
     skip = os.path.realpath(exclude) if exclude else None
-    found, ignored = [], 0
+    found, ignored = [], []
     for root, dirs, files in os.walk(path):
         dirs[:] = sorted(d for d in dirs if os.path.realpath(os.path.join(root, d)) != skip)
         for f in sorted(files):
             full = os.path.join(root, f)
-            if is_image_file(f):
+            if is_restorable(f):
                 found.append((full, os.path.relpath(full, path)))
             elif not f.startswith("."):
-                ignored += 1
+                ignored.append(os.path.relpath(full, path))
     return found, ignored
+
+
+def name_some(names: list[str], limit: int = 5) -> str:
+    """``a, b, c`` or ``a, b, c, d, e and 7 more``."""
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
 
 
 def _real(path: str) -> str:
@@ -155,6 +171,8 @@ def read_image(path: str):
     except Exception as e:  # noqa: BLE001 - load_image_bytes already decoded it; a metadata problem is not fatal
         raise ImageProblem("unreadable", f"cannot read its metadata: {type(e).__name__}: {e}") from None
     notes = [loaded.conversion] if loaded.conversion else []
+    if alpha is not None:  # the shared decoder drops alpha (training input); here it goes back into the output
+        notes = [n.replace("alpha dropped", "alpha kept") for n in notes]
     if orientation in _ORIENT:
         rgb = np.asarray(Image.fromarray(rgb).transpose(_ORIENT[orientation]))
         if alpha is not None:
