@@ -239,10 +239,12 @@ def test_defaults_leave_the_official_step_bit_identical(monkeypatch):
     c = tiny_config()
     parts = _parts(c)
     data = _batches(3)
-    rtx, ptx = st.make_optimizers(c, 2, 2)  # decay after 50 epochs of 2 steps: not reached
+    # decay after 50 epochs of 100 steps: not reached. The same program as the two tests below compile (one
+    # compilation, shared through the suite's persistent compilation cache).
+    rtx, ptx = st.make_optimizers(c, 100, 2)
     new_state, new_hist = _run(c, rtx, ptx, data, parts)
 
-    every = 50 * 2
+    every = 50 * 100
 
     def old_tx(base, per_step):
         return optax.rmsprop(

@@ -9,12 +9,12 @@ trained once per module and copied by the tests that continue or damage it; prog
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 
 import numpy as np
 import pytest
+from multiprocess import free_port, run_job
 from train_logs import step_scalars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -428,33 +428,14 @@ def test_resume_with_another_worker_count_is_bit_identical(tmp_path, reference, 
     _assert_same_state(ours["state"], ref["state"])
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_then_one_process(tmp_path, reference, embedded_data_dir, jax_cache_dir):
     """A checkpoint written by 2 processes, resumed by 1 (a preempted job moved to a smaller slice): the data stream
     continues where the two processes left it."""
     wd = str(tmp_path / "w")
-    port = _free_port()
     two = _env(jax_cache_dir, extra={"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"})
-    procs = [
-        subprocess.Popen(
-            _cmd(wd, embedded_data_dir, "--config.train.num_steps=2")
-            + [f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
-            env=two,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=1800) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
+    for rc, _, err in run_job(_cmd(wd, embedded_data_dir, "--config.train.num_steps=2"), two):
+        assert rc == 0, err[-3000:]
     assert _steps(wd) == [1, 2] and _export_step(wd) == 2  # process 0 exported alone
     r = _run(_cmd(wd, embedded_data_dir, f"--config.train.num_steps={STEPS}"), _env(jax_cache_dir))
     assert "at step 2" in r.stderr
@@ -492,7 +473,7 @@ def test_slurm_allocation_without_srun_trains_as_one_process(tmp_path, reference
 
 @pytest.mark.slow
 def test_srun_task_whose_peers_never_come_is_one_line(tmp_path, embedded_data_dir):
-    port = _free_port()
+    port = free_port()
     step_env = {  # task 1 of a 2-task srun step whose task 0 never starts
         "SLURM_JOB_ID": "4243",
         "SLURM_STEP_ID": "0",

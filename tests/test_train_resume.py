@@ -3,13 +3,13 @@
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 
 import numpy as np
 import pytest
+from multiprocess import run_job
 from train_logs import step_scalars
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -146,40 +146,17 @@ def test_sigterm_saves_and_the_run_resumes(tmp_path, data_dir, cache_dir):
     assert _final_params(run_dir)[0] == step + 2
 
 
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_match_one_process(tmp_path, data_dir, cache_dir):
     steps = 3
     common = (f"--config.train.num_steps={steps}", "--config.train.log_every=1", "--config.train.checkpoint_every=100")
     one = _run(_cmd(str(tmp_path / "one"), data_dir, *common), _env(cache_dir, devices=2))
-    port = _free_port()
     multi_dir = str(tmp_path / "two")
-    procs = [
-        subprocess.Popen(
-            _cmd(
-                multi_dir,
-                data_dir,
-                *common,
-                f"--coordinator_address=127.0.0.1:{port}",
-                "--num_processes=2",
-                f"--process_id={i}",
-            ),
-            env=_env(cache_dir, devices=1, extra={"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"}),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for i in range(2)
-    ]
-    outs = [p.communicate(timeout=900) for p in procs]
-    for p, (_, err) in zip(procs, outs):
-        assert p.returncode == 0, err[-3000:]
-    l1, l2 = step_scalars(one.stderr), step_scalars(outs[0][1])
+    env = _env(cache_dir, devices=1, extra={"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"})
+    outs = run_job(_cmd(multi_dir, data_dir, *common), env, timeout=900)
+    for rc, _, err in outs:
+        assert rc == 0, err[-3000:]
+    l1, l2 = step_scalars(one.stderr), step_scalars(outs[0][2])
     assert sorted(l1) == sorted(l2) == list(range(1, steps + 1))
     for s in l1:
         for k in ("restorer_loss", "l1", "transport_cost"):
