@@ -206,3 +206,22 @@ def test_game_options_run(mode):
     assert all(m["finite"] for m in h)
     if mode == "exact":
         assert h[-1]["congruence_residual"] < 1e-5
+
+
+def test_the_initial_state_is_the_fully_optimised_init_bit_for_bit():
+    """``init_state`` compiles the parameter initialisation cheaply on the CPU (its program is hundreds of random
+    initialisers; LLVM's optimisation of it took most of the compile time and none of it matters for a one-off
+    run): the parameters must still be exactly those of ``jax.jit(init)`` compiled with XLA's defaults, so that
+    every run, figure and checkpoint is unchanged."""
+    c = tiny_config()
+    bn, pots = st.build_models(c, 3)
+    rtx, ptx = st.make_optimizers(c, 100, 2)
+    s = st.init_state(c, bn, pots, rtx, ptx)
+    _, k_model, k_pot = jax.random.split(jax.random.PRNGKey(int(c.seed)), 3)
+    side = int(c.data.patch_size) // 8
+    ref_restorer = jax.jit(lambda k: bn.init(k, jnp.zeros((1, 16, 16, 3), jnp.float32))["params"])(k_model)
+    ref_pots = jax.jit(lambda k: pots.init(k, jnp.zeros((1, side, side, pots.channels), jnp.float32))["params"])(k_pot)
+    for got, ref in ((s.restorer, ref_restorer), (s.potentials, ref_pots)):
+        assert jax.tree.structure(got) == jax.tree.structure(ref)
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(ref)):
+            np.testing.assert_array_equal(np.asarray(a), np.asarray(b))

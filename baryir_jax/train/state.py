@@ -124,6 +124,23 @@ def make_optimizers(config, steps_per_epoch: int, potential_updates_per_step: in
     )
 
 
+# XLA options for compiling BaryNet's parameter initialisation where it runs on the CPU. Its program is the random
+# initialisers of every parameter tensor (hundreds of threefry evaluations; the forward pass is dead code), run
+# once: LLVM's optimisation of it was most of the compile time (tiny test model 64 s → 17 s, full model 105 s →
+# 78 s on the 2-core development VM) and changes none of BaryNet's values, checked bit for bit by
+# tests/test_train_step.py. Not for the potentials: at this level their uniform (PyTorch-default) kernels differ
+# in the last bit, so they compile with XLA's defaults (a few seconds). Other backends: their defaults.
+CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
+
+
+def _init_params(init, key, *, cheap_on_cpu: bool = False):
+    """``init(key)`` compiled once; with ``cheap_on_cpu``, with :data:`CPU_INIT_COMPILER_OPTIONS` where it runs on
+    the CPU."""
+    lowered = jax.jit(init).lower(key)
+    options = CPU_INIT_COMPILER_OPTIONS if cheap_on_cpu and jax.default_backend() == "cpu" else None
+    return lowered.compile(compiler_options=options)(key)
+
+
 def init_state(
     config, barynet: BaryNet, potentials: Potentials, restorer_tx, potentials_tx, restorer_params=None
 ) -> TrainState:
@@ -133,11 +150,13 @@ def init_state(
     # Initialised under jit (one compilation, not one per op: eager init of the full model took 93 s on a GPU)
     # and, for the restorer, on a 16x16 input: its parameter shapes do not depend on the image size.
     if restorer_params is None:
-        restorer_params = jax.jit(lambda k: barynet.init(k, jnp.zeros((1, 16, 16, 3), jnp.float32))["params"])(k_model)
+        restorer_params = _init_params(
+            lambda k: barynet.init(k, jnp.zeros((1, 16, 16, 3), jnp.float32))["params"], k_model, cheap_on_cpu=True
+        )
     side = p // 8
-    pot_params = jax.jit(
-        lambda k: potentials.init(k, jnp.zeros((1, side, side, potentials.channels), jnp.float32))["params"]
-    )(k_pot)
+    pot_params = _init_params(
+        lambda k: potentials.init(k, jnp.zeros((1, side, side, potentials.channels), jnp.float32))["params"], k_pot
+    )
     return TrainState(
         jnp.zeros((), jnp.int32),
         rng,
