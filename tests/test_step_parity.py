@@ -31,7 +31,7 @@ from baryir_jax.convert.pattern import pattern_state_dict
 from baryir_jax.data.to_mesh import host_batch_to_global
 from baryir_jax.train import state as state_lib
 from baryir_jax.train import step as step_lib
-from baryir_jax.train.loop import place_replicated
+from baryir_jax.train.experiment import place_replicated
 from baryir_jax.transport.congruence import PotentialIndex, lambdas_from_counts
 
 pytestmark = pytest.mark.slow  # one compile of the reduced model and two steps (about 80 s CPU)
