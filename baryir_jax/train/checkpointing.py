@@ -2,7 +2,8 @@
 run that diverged before anything non-finite is saved.
 
 * One orbax ``CheckpointManager`` step (``WORKDIR/checkpoints/STEP``) holds the whole
-  :class:`~baryir_jax.train.state.TrainState` (``state``), the data position (``data_position``: examples of the
+  :class:`~baryir_jax.train.state.TrainState` (``state``, in the layout of
+  :class:`~baryir_jax.train.state.CheckpointState`), the data position (``data_position``: examples of the
   shared stream consumed, portable across worker and process counts) and the config that ran (``config``).
   Asynchronous, ``config.train.max_to_keep`` kept (:func:`checkpoint_manager`, :func:`save`).
 * :func:`restore`: the newest checkpoint of the workdir that restores and is finite; newer ones that do not are
@@ -23,6 +24,7 @@ import orbax.checkpoint as ocp
 
 from baryir_jax.errors import RunFailed
 from baryir_jax.models.io import as_path
+from baryir_jax.train import state as state_lib
 from baryir_jax.train import step as step_lib
 from baryir_jax.train import workdir as workdir_lib
 
@@ -57,7 +59,7 @@ def save(mngr, step, state, data_position: dict, config_json: dict):
     across worker and process counts, unlike grain's per-worker iterator state) and the config that ran."""
     # The save finishes in the background while the next steps run, and the step donates its input state:
     # save a copy, so that a donated buffer (aliased by the host copy on CPU) is never what gets written.
-    state = jax.tree.map(jnp.copy, state)
+    state = jax.tree.map(jnp.copy, state_lib.to_checkpoint(state))  # the layout of every version's checkpoints
     mngr.save(
         step,
         args=ocp.args.Composite(
@@ -98,9 +100,9 @@ def restore(mngr, workdir: str, state, exp: Experiment) -> tuple[int, Any, int]:
         except Exception:  # noqa: BLE001  (a damaged step: the restore below names it)
             continue
         if meta is not None:
-            workdir_lib.check_state_structure(workdir, s, meta, state)
+            workdir_lib.check_state_structure(workdir, s, meta, state_lib.to_checkpoint(state))
             break
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state_lib.to_checkpoint(state))
     finite_fn = jax.jit(step_lib.players_finite)
     skipped: list[tuple[int, str]] = []
     for s in steps:
@@ -113,7 +115,8 @@ def restore(mngr, workdir: str, state, exp: Experiment) -> tuple[int, Any, int]:
         except Exception as e:  # noqa: BLE001  (truncated or missing files: tensorstore, orbax, OS errors)
             skipped.append((s, f"it cannot be read ({_first_line(e)})"))
             continue
-        finite = {k: bool(v) for k, v in jax.device_get(finite_fn(restored["state"])).items()}
+        restored_state = state_lib.from_checkpoint(restored["state"])
+        finite = {k: bool(v) for k, v in jax.device_get(finite_fn(restored_state)).items()}
         bad = [k for k, ok in finite.items() if not ok]
         if bad:
             players = " and ".join(POSSESSIVE[p] for p in bad)
@@ -151,7 +154,7 @@ def restore(mngr, workdir: str, state, exp: Experiment) -> tuple[int, Any, int]:
         log.info(
             "checkpoint step %d has no data position: continuing the data stream at step × batch = %d", s, examples
         )
-    return s, restored["state"], examples
+    return s, restored_state, examples
 
 
 POSSESSIVE = {"restorer": "the restorer's", "potentials": "the potentials'"}
