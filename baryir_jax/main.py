@@ -242,7 +242,8 @@ def main(argv, overrides=()):
         _initialize_distributed(jax, kwargs, int(FLAGS.distributed_timeout))
     from baryir_jax.config import ConfigError
     from baryir_jax.data.report import DataError
-    from baryir_jax.train.loop import NonFiniteLossError, train_and_evaluate
+    from baryir_jax.train.checkpointing import NonFiniteLossError
+    from baryir_jax.train.loop import train_and_evaluate
 
     try:
         train_and_evaluate(config, FLAGS.workdir)  # done, or preempted after saving: 0 either way

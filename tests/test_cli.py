@@ -168,7 +168,7 @@ def test_every_error_class_is_a_baryir_error_with_the_table_code():
     from baryir_jax.data.images import ImageProblem
     from baryir_jax.data.report import DataError
     from baryir_jax.evaluate.checkpoint import CheckpointError
-    from baryir_jax.train.loop import NonFiniteLossError
+    from baryir_jax.train.checkpointing import NonFiniteLossError
     from baryir_jax.train.workdir import WorkdirError
 
     codes = {

@@ -52,7 +52,7 @@ def test_init_from_a_checkpoint_of_other_sizes_names_each_differing_field(tmp_pa
     from baryir_jax.evaluate.checkpoint import numpy_init
     from baryir_jax.models import BaryNet
     from baryir_jax.models.io import save_model_checkpoint
-    from baryir_jax.train.loop import load_restorer_params
+    from baryir_jax.train.experiment import load_restorer_params
 
     tiny = dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 1, 1))
     ckpt = str(tmp_path / "ckpt")

@@ -166,7 +166,7 @@ def test_cpu_training_step_uses_the_shifted_sums_and_native_when_asked():
     from baryir_jax.bench.preflight import lower_train_step
     from baryir_jax.config import ConfigError
     from baryir_jax.evaluate.checkpoint import load_config
-    from baryir_jax.train.loop import Experiment
+    from baryir_jax.train.experiment import Experiment
 
     c = load_config("configs/demo.py:tiny")
     c.data.patch_size = 16

@@ -98,7 +98,7 @@ def _depthwise_group_counts(hlo: str) -> set[int]:
 def test_the_tpu_executable_uses_the_native_grouped_convolution_and_the_cpu_step_does_not(reports, small_config):
     """Compiled on this CPU host for TPU: XLA's depthwise convolutions (one group per channel) are in the TPU
     executable. The same config's step for this host's CPU mesh has none (shifted sums)."""
-    from baryir_jax.train.loop import Experiment
+    from baryir_jax.train.experiment import Experiment
 
     dim = int(small_config.model.dim)
     tpu = _depthwise_group_counts(reports["v5e-4"][0]["hlo"])

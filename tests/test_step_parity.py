@@ -31,8 +31,9 @@ from baryir_jax.convert.pattern import pattern_state_dict
 from baryir_jax.data.to_mesh import host_batch_to_global
 from baryir_jax.train import state as state_lib
 from baryir_jax.train import step as step_lib
-from baryir_jax.train.loop import place_replicated
+from baryir_jax.train.experiment import place_replicated
 from baryir_jax.transport.congruence import PotentialIndex, lambdas_from_counts
+from baryir_jax.transport.game import GameState
 
 pytestmark = pytest.mark.slow  # one compile of the reduced model and two steps (about 80 s CPU)
 
@@ -87,11 +88,7 @@ def setup(fixture):
     pots, _ = conv.convert_potentials(pattern_state_dict(meta["keys"]["potentials"]))
     s0 = state_lib.TrainState(
         jnp.zeros((), jnp.int32),
-        jax.random.PRNGKey(0),
-        restorer,
-        pots,
-        restorer_tx.init(restorer),
-        potentials_tx.init(pots),
+        GameState(restorer, pots, restorer_tx.init(restorer), potentials_tx.init(pots)),
     )
     return c, index, lam, barynet, potentials, restorer_tx, potentials_tx, s0
 

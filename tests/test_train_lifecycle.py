@@ -170,7 +170,7 @@ def _demo_tiny():
 def test_a_config_value_that_cannot_work_is_one_line(tmp_path, embedded_data_dir, path, value, says):
     """Building the experiment checks every field first: one line naming the field, the value, what is allowed."""
     from baryir_jax.config import ConfigError
-    from baryir_jax.train.loop import Experiment
+    from baryir_jax.train.experiment import Experiment
 
     c = _demo_tiny()
     c.data.data_dir = embedded_data_dir
@@ -230,7 +230,7 @@ README_OVERRIDES = [
 def test_readme_overrides_build_on_the_demo(tmp_path, embedded_data_dir, overrides):
     """README's override examples on configs/demo.py: validated and built (potentials and λ follow the tasks)."""
     from baryir_jax.evaluate.checkpoint import load_config
-    from baryir_jax.train.loop import Experiment
+    from baryir_jax.train.experiment import Experiment
 
     c = load_config(os.path.join(ROOT, "configs", "demo.py"))
     c.data.data_dir = embedded_data_dir

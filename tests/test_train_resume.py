@@ -241,7 +241,7 @@ def test_resolved_config_is_written(tmp_path, data_dir, cache_dir):
 def test_demo_variants_train_what_they_say(tmp_path, data_dir):
     """configs/demo.py: the default is the official 3D task list, `all` adds blur and low light, and the x0.1
     decay of each lands where its comment says (steps per epoch counted from the prepared embedded data)."""
-    from baryir_jax.train.loop import Experiment
+    from baryir_jax.train.experiment import Experiment
 
     demo = os.path.join(ROOT, "configs", "demo.py")
     official_3d = _load_config(os.path.join(ROOT, "configs", "three_task.py"))

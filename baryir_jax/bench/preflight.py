@@ -6,8 +6,8 @@
 
 With ``libtpu`` installed (the ``tpu`` extra: ``pip install -e ".[tpu]"``), JAX describes any TPU slice without
 having one (``jax.experimental.topologies.get_topology_desc``) and XLA:TPU compiles for it on the CPU. The
-preflight builds the :class:`~baryir_jax.train.loop.Experiment` that ``baryir-train`` builds, over a mesh of the
-slice's devices (``loop.make_mesh``), takes the jitted step with its shardings from ``step.jit_train_step`` (the
+preflight builds the :class:`~baryir_jax.train.experiment.Experiment` that ``baryir-train`` builds, over a mesh of the
+slice's devices (``experiment.make_mesh``), takes the jitted step with its shardings from ``step.jit_train_step`` (the
 loop's own function), and compiles it for abstract inputs: the state from ``jax.eval_shape`` of the loop's
 initialisation, the batch from ``data.pipeline.train_batch_spec``. Then, unless ``--skip-eval``, it compiles the
 whole-image evaluation forward of ``baryir-evaluate`` for one chip at the shape buckets of the benchmark test sets.

@@ -108,9 +108,9 @@ def compile_lowered(lowered, keep_hlo: bool = False, options: dict | None = None
 
 
 def experiment_for(config, devices, per_chip_batch: int):
-    """The training :class:`~baryir_jax.train.loop.Experiment` of ``config`` on a mesh of ``devices``, with a
+    """The training :class:`~baryir_jax.train.experiment.Experiment` of ``config`` on a mesh of ``devices``, with a
     global batch of ``per_chip_batch`` per device (a copy of the config; the data are not read)."""
-    from baryir_jax.train.loop import Experiment, make_mesh
+    from baryir_jax.train.experiment import Experiment, make_mesh
 
     config = config.copy_and_resolve_references()
     with config.unlocked():

@@ -86,7 +86,7 @@ def bench_jax(
     import jax
 
     from baryir_jax.train import step as step_lib
-    from baryir_jax.train.loop import Experiment
+    from baryir_jax.train.experiment import Experiment
 
     config = _load_config(config_path)
     config.dtype = dtype

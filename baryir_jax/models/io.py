@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
@@ -85,6 +87,31 @@ def load_model_checkpoint(directory: str, conv_impl: str = "auto"):
     if meta.get("potentials") and "potentials" in tree:
         pots = Potentials(**meta["potentials"])
     return barynet, tree["barynet"], pots, tree.get("potentials"), meta
+
+
+def load_fitting_params(directory: str, barynet: BaryNet, compare: Sequence[str]) -> tuple[Any, list[str] | None]:
+    """The restorer parameters of the model checkpoint in ``directory`` (float32 arrays), checked against
+    ``barynet``: returns ``(params, None)`` when their tree and every shape are those ``barynet.init`` makes
+    (shapes only, ``jax.eval_shape``: nothing computed), else ``(params as read, differences)``: one
+    ``"field: checkpoint A, config B"`` per field named in ``compare`` (e.g. :data:`baryir_jax.config.ARCH_KEYS`)
+    on which the checkpoint's BaryNet and ``barynet`` differ (an empty list: only the shapes say so). Raises what
+    :func:`load_model_checkpoint` raises."""
+    model, params, *_ = load_model_checkpoint(directory)
+    expected = jax.eval_shape(lambda: barynet.init(jax.random.key(0), jnp.zeros((1, 8, 8, 3))))["params"]
+    got = jax.tree.map(lambda x: jax.ShapeDtypeStruct(np.shape(x), jnp.float32), params)
+    if jax.tree.structure(expected) == jax.tree.structure(got) and all(
+        a.shape == b.shape for a, b in zip(jax.tree.leaves(expected), jax.tree.leaves(got))
+    ):
+        return jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params), None
+
+    def norm(v):
+        return tuple(v) if isinstance(v, (list, tuple)) else v
+
+    return params, [
+        f"{k}: checkpoint {norm(getattr(model, k))!r}, config {norm(getattr(barynet, k))!r}"
+        for k in compare
+        if hasattr(model, k) and hasattr(barynet, k) and norm(getattr(model, k)) != norm(getattr(barynet, k))
+    ]
 
 
 def _jsonable(cfg):

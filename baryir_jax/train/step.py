@@ -121,7 +121,7 @@ def make_train_step(
             batch if inner == 1 else jax.tree.map(lambda a: jnp.broadcast_to(a, (inner,) + a.shape), batch)
         )  # reuse the batch for every inner step
         new_game, metrics = game.game_step(
-            state.game(),
+            state.game,
             game_batch,
             lam,
             map_loss_fn=restorer_loss,
@@ -138,7 +138,7 @@ def make_train_step(
             norm_metrics=True,  # each player's gradient and update norms, logged with the other scalars
         )
         metrics["finite"] = jnp.isfinite(metrics["restorer_loss"]) & jnp.isfinite(metrics["potential_objective"])
-        new_state = state.with_game(new_game, step=state.step + 1, rng=jax.random.split(state.rng)[0])
+        new_state = TrainState(state.step + 1, new_game)
         # What a checkpoint of this step would hold, player by player (the loop never saves a False one).
         finite = players_finite(new_state)
         metrics["restorer_finite"], metrics["potentials_finite"] = finite["restorer"], finite["potentials"]

@@ -3,7 +3,8 @@ damaged or non-finite checkpoints, the config history and the model export.
 
 Layout of ``WORKDIR``:
 
-* ``checkpoints/STEP/`` (orbax): ``state`` (:class:`~baryir_jax.train.state.TrainState`), ``data_position`` (JSON:
+* ``checkpoints/STEP/`` (orbax): ``state`` (:class:`~baryir_jax.train.state.TrainState` in the layout of
+  :class:`~baryir_jax.train.state.CheckpointState`), ``data_position`` (JSON:
   the examples of the shared data stream consumed so far) and ``config`` (JSON: the config that ran).
 * ``checkpoints_set_aside/STEP`` — checkpoints that could not be resumed (damaged or non-finite), moved out of
   the way once an older step resumed, so that the resumed run can write those step numbers again.

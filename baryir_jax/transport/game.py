@@ -239,10 +239,10 @@ def game_step(
     lam = jnp.asarray(lam, dtype=jnp.float32)
     num_k = lam.shape[0]
 
-    # ---- map player: inner_map_steps updates with the potentials frozen
+    # ---- 1. map update: inner_map_steps updates of the map with the potentials frozen
     pot_frozen = jax.lax.stop_gradient(state.pot_params)
 
-    def map_update(carry, b):
+    def map_step(carry, b):
         mp, ms = carry
         (loss, aux), grads = jax.value_and_grad(map_loss_fn, has_aux=True)(mp, pot_frozen, b)
         updates, ms = map_tx.update(grads, ms, mp)
@@ -253,7 +253,7 @@ def game_step(
 
     carry = (state.map_params, state.map_opt_state)
     if inner_map_steps == 1:
-        (map_params, map_opt_state), (loss, aux) = map_update(carry, batch)
+        (map_params, map_opt_state), (loss, aux) = map_step(carry, batch)
         map_losses = loss[None]
         last_batch = batch
     else:
@@ -263,56 +263,63 @@ def game_step(
                     f"with inner_map_steps={inner_map_steps} every batch leaf needs a leading axis "
                     f"of that length, got a leaf of shape {jnp.shape(leaf)}"
                 )
-        (map_params, map_opt_state), (map_losses, aux) = jax.lax.scan(map_update, carry, batch)
+        (map_params, map_opt_state), (map_losses, aux) = jax.lax.scan(map_step, carry, batch)
         aux = jax.tree.map(lambda a: a[-1], aux)
         last_batch = jax.tree.map(lambda a: a[-1], batch)
 
-    # ---- fresh forward of the updated map
+    # ---- 2. fresh forward: the pushforward of the updated map, the points y the potentials are updated on
     y, source_index = pushforward_fn(map_params, last_batch)
     y = jax.lax.stop_gradient(y)
 
-    # ---- potential player
+    # ---- 3. potential update on y: 'two_step' (objective, then penalty at the updated potentials) or 'summed'
     use_penalty = congruence == "penalty"
+    pp, ps = state.pot_params, state.pot_opt_state
+    present = present_potentials(source_index, num_k)
 
     def values(p):
         return potential_values(potential_apply, p, y, lam, congruence)
 
-    def objective(p):
-        v = values(p)
-        return potential_objective(v, source_index, lam), v
-
-    def cong_loss(p):
-        return cg.penalty(values(p), lam, kappa, penalty_points)
-
-    def summed(p):
-        v = values(p)
-        obj = potential_objective(v, source_index, lam)
-        pen = cg.penalty(v, lam, kappa, penalty_points) if use_penalty else jnp.zeros((), v.dtype)
-        return obj + pen, (obj, pen, v)
-
-    pp, ps = state.pot_params, state.pot_opt_state
-    present = present_potentials(source_index, num_k)
-
-    def masked(new_p, new_s):
-        if not skip_absent_potentials:
-            return new_p, new_s
-        return (keep_absent_potentials(new_p, pp, present, num_k), keep_absent_potentials(new_s, ps, present, num_k))
-
     if potential_update == "two_step" or not use_penalty:
+        # 3a. one step on the potential objective; potentials absent from the batch kept as they were (optional)
+        def objective(p):
+            v = values(p)
+            return potential_objective(v, source_index, lam), v
+
+        def keep_absent(new_p, new_s):
+            if not skip_absent_potentials:
+                return new_p, new_s
+            return (
+                keep_absent_potentials(new_p, pp, present, num_k),
+                keep_absent_potentials(new_s, ps, present, num_k),
+            )
+
         (pot_obj, v0), grads = jax.value_and_grad(objective, has_aux=True)(pp)
         updates, new_ps = pot_tx.update(grads, ps, pp)
-        new_pp, new_ps = masked(optax.apply_updates(pp, updates), new_ps)
+        new_pp, new_ps = keep_absent(optax.apply_updates(pp, updates), new_ps)
         if use_penalty:
-            pen, grads2 = jax.value_and_grad(cong_loss)(new_pp)
+            # 3b. one step on the congruence penalty, evaluated with the already updated potentials
+
+            def penalty(p):
+                return cg.penalty(values(p), lam, kappa, penalty_points)
+
+            pen, grads2 = jax.value_and_grad(penalty)(new_pp)
             updates, new_ps = pot_tx.update(grads2, new_ps, new_pp)
             new_pp = optax.apply_updates(new_pp, updates)
         else:
             pen = cg.penalty(v0, lam, kappa, penalty_points)  # diagnostic only
-    else:  # summed with penalty: every potential gets a gradient (official multi-GPU trainer)
+    else:  # summed with penalty: one step on objective + penalty, every potential gets a gradient (multi-GPU trainer)
+
+        def summed(p):
+            v = values(p)
+            obj = potential_objective(v, source_index, lam)
+            pen = cg.penalty(v, lam, kappa, penalty_points)
+            return obj + pen, (obj, pen, v)
+
         (_, (pot_obj, pen, v0)), grads = jax.value_and_grad(summed, has_aux=True)(pp)
         updates, new_ps = pot_tx.update(grads, ps, pp)
         new_pp = optax.apply_updates(pp, updates)
 
+    # ---- the step's metrics
     metrics = {
         "map_loss": map_losses[-1],
         "map_loss_mean": jnp.mean(map_losses),
