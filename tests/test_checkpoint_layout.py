@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from test_large_batch import tiny_config  # the tiny BaryNet at batch 8, patch 16
 
-from baryir_jax.config import base_config
 from baryir_jax.train import checkpointing as ckpt
 from baryir_jax.train import step as step_lib
 from baryir_jax.train import workdir as workdir_lib
@@ -31,14 +31,6 @@ class EarlierTrainState(NamedTuple):
     potentials_opt: Any
 
 
-def _tiny_config():
-    c = base_config()
-    c.model.update(dict(dim=8, num_blocks=(1, 1, 1, 1), num_refinement_blocks=1, heads=(1, 1, 1, 1)))
-    c.data.patch_size = 16
-    c.data.batch_size = 8
-    return c
-
-
 def _players(state):
     return (state.step, state.restorer, state.potentials, state.restorer_opt, state.potentials_opt)
 
@@ -50,7 +42,7 @@ def _assert_equal(a, b):
 
 
 def test_a_checkpoint_in_the_earlier_layout_restores_exactly_and_resumes(tmp_path):
-    c = _tiny_config()
+    c = tiny_config()
     workdir = str(tmp_path)
     exp = Experiment(c, workdir, with_data=False)
     s0 = exp.init_state()
