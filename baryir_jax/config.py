@@ -15,9 +15,9 @@
 
 from __future__ import annotations
 
-import importlib.machinery
-import importlib.util
 import os
+import sys
+import types
 from collections.abc import Sequence
 from typing import Any
 
@@ -189,7 +189,9 @@ def load(spec, overrides: Sequence[str] = (), *, lock: bool = True) -> Any:
     is locked (no new fields) when ``lock``.
 
     Raises :class:`ConfigError` (one line, exit code 2) for a missing file, a file that fails to import or
-    whose ``get_config`` refuses the variant, an override naming no field, and a value that cannot be parsed.
+    whose ``get_config`` refuses the variant or returns anything but a ``ConfigDict`` (a ``FrozenConfigDict`` is
+    taken as one), an override naming no field, and a value that cannot be parsed. ``FILE`` is compiled from
+    its text on every call (no bytecode cache is read or written beside it).
     """
     spec = os.fspath(spec)
     file, colon, variant = spec.partition(":")
@@ -198,11 +200,16 @@ def load(spec, overrides: Sequence[str] = (), *, lock: bool = True) -> Any:
             f"--config={spec}: no such file (give a Python file defining get_config(), optionally FILE:variant)"
         )
     try:
-        # read as Python source whatever the file's name (spec_from_file_location knows no loader for a .txt)
+        # Read as Python source whatever the file's name, compiled from its text each time: no bytecode is read
+        # or written (a cache keyed by the stem let exp.txt and exp.py of one size and second run each other's
+        # code). The module is registered while it runs, as an import would (dataclasses look it up).
         name = f"_baryir_config_{abs(hash(os.path.abspath(file)))}"
-        mod_spec = importlib.util.spec_from_loader(name, importlib.machinery.SourceFileLoader(name, file))
-        module = importlib.util.module_from_spec(mod_spec)
-        mod_spec.loader.exec_module(module)
+        with open(file, "rb") as f:
+            code = compile(f.read(), file, "exec", dont_inherit=True)
+        module = types.ModuleType(name)
+        module.__file__ = file
+        sys.modules[name] = module
+        exec(code, module.__dict__)
         if not hasattr(module, "get_config"):
             raise ConfigError(f"--config={spec}: {file} defines no get_config()")
         config = module.get_config(variant) if colon else module.get_config()
@@ -212,13 +219,16 @@ def load(spec, overrides: Sequence[str] = (), *, lock: bool = True) -> Any:
         raise ConfigError(f"--config={spec}: {e}") from None
     except Exception as e:  # noqa: BLE001  (a broken config file: say which and what, without the traceback)
         raise ConfigError(f"--config={spec}: {type(e).__name__}: {e}") from None
-    if config is None:
-        raise ConfigError(f"--config={spec}: get_config() returned None")
+    if isinstance(config, ml_collections.FrozenConfigDict):
+        config = ml_collections.ConfigDict(config)  # the same fields, overridable and lockable
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise ConfigError(
+            f"--config={spec}: get_config() returned {type(config).__name__}, not an ml_collections.ConfigDict "
+            "(build on baryir_jax.config.base_config(), as configs/*.py do)"
+        )
     overrides = list(overrides)
     _check_keys(config, overrides)
     if overrides:
-        if not isinstance(config, ml_collections.ConfigDict):
-            raise ConfigError(f"--config={spec}: --config.KEY overrides need get_config() to return a ConfigDict")
         from absl import flags
         from ml_collections import config_flags
 
@@ -231,7 +241,7 @@ def load(spec, overrides: Sequence[str] = (), *, lock: bool = True) -> Any:
             line = next((x.strip() for x in str(e).splitlines() if x.strip()), type(e).__name__)
             raise ConfigError(line) from None
         return fv.config
-    if lock and isinstance(config, ml_collections.ConfigDict):
+    if lock:
         config.lock()
     return config
 

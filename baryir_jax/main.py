@@ -57,6 +57,7 @@ flags.DEFINE_integer(
     "Seconds the processes of a multi-process job wait for each other at the coordinator before giving up "
     "(exit code 4).",
     lower_bound=1,
+    upper_bound=7 * 24 * 3600,  # a week; beyond, the watchdog's timestamp overflows
 )
 flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-process GPU/CPU jobs).")
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process job.", lower_bound=1)

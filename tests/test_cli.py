@@ -98,6 +98,48 @@ def test_a_broken_config_file_is_one_line(tmp_path):
         config_lib.load(str(tmp_path / "none.py"))
 
 
+def test_a_txt_and_a_py_config_of_one_stem_never_load_each_others_code(tmp_path, monkeypatch):
+    """Same stem, same size, same modification second (a checkout, an unzip, a generated sweep): each file's own
+    code runs. A loader that caches bytecode by stem (__pycache__/exp.*.pyc, checked by mtime and size only)
+    ran the first one's code for both."""
+    monkeypatch.delenv("PYTHONDONTWRITEBYTECODE", raising=False)
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    text = "import ml_collections\ndef get_config():\n    return ml_collections.ConfigDict(dict(seed={}))\n"
+    for name, seed in (("exp.txt", 2222), ("exp.py", 1111)):
+        (tmp_path / name).write_text(text.format(seed))
+        os.utime(tmp_path / name, (1_700_000_000, 1_700_000_000))
+    assert config_lib.load(str(tmp_path / "exp.txt")).seed == 2222
+    assert config_lib.load(str(tmp_path / "exp.py")).seed == 1111
+    assert not (tmp_path / "__pycache__").exists()  # nothing written beside the user's files
+
+
+@pytest.mark.parametrize(
+    "returns, says",
+    [
+        ("42", "returned int"),
+        ("{'seed': 1}", "returned dict"),
+        ("[1, 2]", "returned list"),
+    ],
+)
+def test_get_config_must_return_a_config_dict(tmp_path, returns, says):
+    f = tmp_path / "c.py"
+    f.write_text(f"def get_config():\n    return {returns}\n")
+    with pytest.raises(ConfigError) as e:
+        config_lib.load(str(f))
+    assert says in str(e.value) and "ConfigDict" in str(e.value) and "\n" not in str(e.value), str(e.value)
+
+
+def test_a_frozen_config_dict_is_taken_as_a_config_dict(tmp_path):
+    f = tmp_path / "c.py"
+    f.write_text(
+        "import ml_collections\ndef get_config():\n"
+        "    return ml_collections.FrozenConfigDict(dict(seed=3, data=dict(batch_size=2)))\n"
+    )
+    c = config_lib.load(str(f), ["--config.data.batch_size=4"])
+    assert c.seed == 3 and c.data.batch_size == 4
+    assert config_lib.load(str(f)).seed == 3
+
+
 @pytest.mark.parametrize("name", ["config.txt", "config", "config.py.bak", "config.json"])
 def test_a_config_file_not_named_py_is_read_as_python(tmp_path, name):
     """The loader reads FILE as Python source whatever its name (a backup, a file without suffix), and one that
@@ -378,7 +420,14 @@ def test_train_takes_hyphenated_flags_and_reports_bad_flags_as_usage_errors(tmp_
 
 
 @pytest.mark.parametrize(
-    "flag", ["--distributed-timeout=-5", "--distributed_timeout=0", "--num_processes=0", "--process_id=-1"]
+    "flag",
+    [
+        "--distributed-timeout=-5",
+        "--distributed_timeout=0",
+        "--distributed_timeout=99999999999999999999",
+        "--num_processes=0",
+        "--process_id=-1",
+    ],
 )
 def test_train_refuses_out_of_range_process_flags_before_training(tmp_path, flag):
     """A timeout, process count or process index that cannot work is a usage error (exit 2, one line naming the
