@@ -2,10 +2,11 @@
 
 check the config → the workdir (may this config resume it?) → the :class:`~baryir_jax.train.experiment.Experiment`
 (mesh, data, both players, the step) → the initial state → resume from the newest usable checkpoint → the loop
-(step, log, check finite, checkpoint, validate) → export the model → the final evaluation.
+(step, check finite, log, checkpoint, validate) → export the model → the final evaluation.
 
-What each stage uses lives in its own module: :mod:`~baryir_jax.train.experiment` (mesh, data sources, models,
-optimizers), :mod:`~baryir_jax.train.state` (the train state, LR schedules), :mod:`~baryir_jax.train.step` (the
+What each stage uses lives in its own module: :mod:`~baryir_jax.train.experiment` (mesh, data sources, the
+players of one run), :mod:`~baryir_jax.train.state` (the train state, building the models and optimizers, LR
+schedules, the initial parameters), :mod:`~baryir_jax.train.step` (the
 jitted step), :mod:`~baryir_jax.train.checkpointing` (save, restore, divergence), :mod:`~baryir_jax.train.workdir`
 (what may change between runs, the export), :mod:`~baryir_jax.train.validation` (PSNR/SSIM during and after).
 

@@ -1,5 +1,6 @@
 """The train state: the step and the game's state (both players' parameters and optimizer states) as one pytree,
-and its layout in a training checkpoint."""
+and its layout in a training checkpoint; building the two players (models) and their optimizers (RMSprop, LR
+schedules, the large-batch options); the initial parameters."""
 
 from __future__ import annotations
 
@@ -186,6 +187,10 @@ def _init_params(init, key, *, cheap_on_cpu: bool = False):
 def init_state(
     config, barynet: BaryNet, potentials: Potentials, restorer_tx, potentials_tx, restorer_params=None
 ) -> TrainState:
+    """The step-0 state: both players initialised from ``config.seed`` (or the restorer from
+    ``restorer_params``), their optimizer states fresh."""
+    # Three keys, the first unused: it was the train state's RNG (dropped, never used by the step). Splitting in
+    # two instead would change every initial parameter, every run and figure.
     _, k_model, k_pot = jax.random.split(jax.random.PRNGKey(int(config.seed)), 3)
     p = int(config.data.patch_size)
     # Initialised under jit (one compilation, not one per op: eager init of the full model took 93 s on a GPU)
