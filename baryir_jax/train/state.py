@@ -179,9 +179,10 @@ CPU_INIT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0}
 def _init_params(init, key, *, cheap_on_cpu: bool = False):
     """``init(key)`` compiled once; with ``cheap_on_cpu``, with :data:`CPU_INIT_COMPILER_OPTIONS` where it runs on
     the CPU."""
-    lowered = jax.jit(init).lower(key)
-    options = CPU_INIT_COMPILER_OPTIONS if cheap_on_cpu and jax.default_backend() == "cpu" else None
-    return lowered.compile(compiler_options=options)(key)
+    if not cheap_on_cpu or jax.default_backend() != "cpu" or isinstance(key, jax.core.Tracer):
+        # elsewhere, or traced (jax.eval_shape of the state, the preflight's abstract init): as before
+        return jax.jit(init)(key)
+    return jax.jit(init).lower(key).compile(compiler_options=CPU_INIT_COMPILER_OPTIONS)(key)
 
 
 def init_state(
