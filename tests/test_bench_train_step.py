@@ -45,6 +45,8 @@ def test_suite_on_a_tiny_config_writes_every_field(tmp_path):
             str(out),
             "--jsonl",
             str(jsonl),
+            "--precompile",  # compiled first (one process) into a cache the timed processes load
+            "1",
         ],
         capture_output=True,
         text=True,
@@ -66,7 +68,9 @@ def test_suite_on_a_tiny_config_writes_every_field(tmp_path):
     # XLA's count is of the whole step: twice the images, about twice the FLOPs
     f = {(x["dtype"], x["batch"]): x["flops_per_step"] for x in results}
     assert 1.6 < f[("float32", 2)] / f[("float32", 1)] < 2.2, f
-    assert summary["ratios"] == [] and summary["patch"] == 16
+    assert summary["ratios"] == [] and summary["patch"] == 16 and summary["precompile"] == 1
+    for x in results:  # the compile time is the precompiling process's; the timed process only loaded it
+        assert x["compiled_in_parallel"] == 1 and x["compile_seconds"] > x["compile_seconds_cached"] > 0, x
 
 
 def test_a_failed_measurement_is_recorded_and_the_run_goes_on(tmp_path, capsys):

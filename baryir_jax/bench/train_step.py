@@ -279,8 +279,9 @@ def precompile(
     """Compile every JAX measurement ``(dtype, per-device batch)`` first, ``parallel`` fresh processes at a
     time, into the persistent compilation cache named by ``env`` (``JAX_COMPILATION_CACHE_DIR``), so that the
     timed processes that follow, one at a time, load their executables instead of compiling (and autotuning) them
-    one after another. On a GPU host with many cores this turns eight sequential compiles of 2-4 minutes each
-    into about the longest one. Returns each job's ``{"compile_seconds": ...}`` or ``{"error": ...}``."""
+    one after another. Measured once on an H200 host (16 cores, 2026-11-30): eight full-size processes at once
+    did not finish in 290 s, each also compiling the parameter initialisation (148 s alone); use a small N there.
+    Returns each job's ``{"compile_seconds": ...}`` or ``{"error": ...}``."""
     from concurrent.futures import ThreadPoolExecutor
 
     def one(job):

@@ -60,6 +60,7 @@ from baryir_jax import config as config_lib
 from baryir_jax.errors import BaryIRError, InputError, UsageError
 from baryir_jax.evaluate.metrics import quantize_np
 from baryir_jax.evaluate.restore_files import (  # noqa: F401 - re-exported: the file handling of this command
+    RESTORABLE_EXTENSIONS,
     _real,
     check_output,
     encode_image,
@@ -227,8 +228,7 @@ def _main(argv=None) -> int:
         inputs, ignored = find_inputs(args.input, exclude=exclude)
         if not inputs:
             raise ValueError(
-                f"--input {args.input}: no image files found (looked for .png, .jpg, .jpeg, .bmp, .tif, "
-                ".tiff, .webp, .ppm, .pgm, .gif)"
+                f"--input {args.input}: no image files found (looked for {', '.join(RESTORABLE_EXTENSIONS)})"
                 + (f"; {len(ignored)} other file(s) ignored: {name_some(ignored)}" if ignored else "")
                 + "."
             )

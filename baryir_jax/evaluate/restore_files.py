@@ -17,6 +17,7 @@ import numpy as np
 from PIL import Image
 
 from baryir_jax import cli
+from baryir_jax.data.images import IMAGE_EXTENSIONS
 
 # PIL's EXIF orientation → transpose, as ImageOps.exif_transpose.
 _ORIENT = {
@@ -32,6 +33,7 @@ _ORIENT = {
 
 # Restored besides the training formats: a GIF (its first frame; the line of the image says so).
 EXTRA_EXTENSIONS = (".gif",)
+RESTORABLE_EXTENSIONS = IMAGE_EXTENSIONS + EXTRA_EXTENSIONS
 
 
 def is_restorable(name: str) -> bool:
