@@ -346,15 +346,19 @@ def test_bad_arguments_and_missing_data_are_clear(mini, tmp_path, capsys):
         ]
     )
     assert rc == 1 and "baryir-prepare --dataset sots_outdoor" in capsys.readouterr().out
+    # a config whose network differs from the checkpoint's: named field by field
     bad = tmp_path / "bad_config.py"
-    bad.write_text('def get_config():\n  class C: pass\n  c = C(); c.model = {"dim": 48}\n  return c\n')
-    assert (
-        benchmark.main(
-            ["--checkpoint", mini["ckpt"], "--config", str(bad), "--data_dir", mini["data_dir"], "--benchmark", "3d"]
-        )
-        == 1
+    bad.write_text(
+        "from baryir_jax.config import base_config\n"
+        "def get_config():\n  c = base_config()\n  c.model.dim = 48\n  return c\n"
     )
+    args = ["--checkpoint", mini["ckpt"], "--config", str(bad), "--data_dir", mini["data_dir"], "--benchmark", "3d"]
+    assert benchmark.main(args) == 1
     assert "dim: checkpoint 8, config 48" in capsys.readouterr().err
+    # a config file whose get_config() returns something else: a config error (exit 2), the type named
+    bad.write_text('def get_config():\n  class C: pass\n  c = C(); c.model = {"dim": 48}\n  return c\n')
+    assert benchmark.main(args) == 2
+    assert "returned C, not an ml_collections.ConfigDict" in capsys.readouterr().err
     assert (
         benchmark.main(
             [

@@ -79,7 +79,7 @@ def barrier(name: str, timeout_s: int = 1800) -> None:
 
     client = distributed.global_state.client
     if client is not None:
-        client.wait_atbarrier(name, timeout_s * 1000)
+        client.wait_at_barrier(name, timeout_s * 1000)
 
 
 def _first_line(e: BaseException, limit: int = 240) -> str:
