@@ -208,7 +208,7 @@ def test_game_options_run(mode):
         assert h[-1]["congruence_residual"] < 1e-5
 
 
-def test_the_initial_state_is_the_fully_optimised_init_bit_for_bit():
+def test_the_initial_state_is_the_fully_optimised_init_bit_for_bit(xla_defaults):
     """``init_state`` compiles the parameter initialisation cheaply on the CPU (its program is hundreds of random
     initialisers; LLVM's optimisation of it took most of the compile time and none of it matters for a one-off
     run): the parameters must still be exactly those of ``jax.jit(init)`` compiled with XLA's defaults, so that
