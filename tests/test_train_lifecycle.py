@@ -1,5 +1,5 @@
 """A workdir over its whole life with ``baryir-train``: config values that cannot work, divergence, extending a
-run, changed settings, damaged checkpoints, other worker and process counts, SLURM without srun.
+run, SIGKILL and resume, changed settings, damaged checkpoints, other worker and process counts, SLURM without srun.
 
 One reference run (the tiny demo on all seven embedded sources, 4 steps, a checkpoint every step, exported) is
 trained once per module and copied by the tests that continue or damage it; programs compile once per session
@@ -9,8 +9,10 @@ trained once per module and copied by the tests that continue or damage it; prog
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -304,6 +306,29 @@ def test_extending_a_run_exports_the_final_step(tmp_path, reference, embedded_da
     _assert_same_state(params, saved["state"]["restorer"])
 
 
+@pytest.mark.slow
+def test_sigkill_then_resume_is_bit_identical(tmp_path, reference, embedded_data_dir, jax_cache_dir):
+    """Killed (SIGKILL) once step 2 is saved, the same command resumes: step 4 equals the uninterrupted run's."""
+    env = _env(jax_cache_dir)
+    run_dir = str(tmp_path / "killed")
+    cmd = _cmd(run_dir, embedded_data_dir, f"--config.train.num_steps={STEPS}")
+    p = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    target = os.path.join(run_dir, "checkpoints", "2")
+    deadline = time.time() + 600
+    while not os.path.isdir(target) and time.time() < deadline and p.poll() is None:
+        time.sleep(0.02)
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    assert p.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    assert not os.path.isdir(os.path.join(run_dir, "checkpoints", str(STEPS)))
+
+    _run(cmd, env)  # the same command resumes
+    step_a, a = _read_step(reference[0])
+    step_b, b = _read_step(run_dir)
+    assert step_a == step_b == STEPS
+    _assert_same_state(a["state"], b["state"])
+
+
 # ---------------------------------------------------------------------------------------- 4. changed settings
 
 
@@ -429,15 +454,42 @@ def test_resume_with_another_worker_count_is_bit_identical(tmp_path, reference, 
 
 
 @pytest.mark.slow
-def test_two_processes_then_one_process(tmp_path, reference, embedded_data_dir, jax_cache_dir):
-    """A checkpoint written by 2 processes, resumed by 1 (a preempted job moved to a smaller slice): the data stream
-    continues where the two processes left it."""
-    wd = str(tmp_path / "w")
+def test_two_processes_match_one_process_and_one_process_resumes_them(
+    tmp_path, reference, embedded_data_dir, jax_cache_dir
+):
+    """One job of 2 processes (one CPU device each, gloo collectives) takes the steps one process with 2 devices
+    takes; and its checkpoint, resumed by 1 process (a preempted job moved to a smaller slice), continues the data
+    stream where the two processes left it. (One 2-process run serves both, so that the suite launches it once.)"""
+    import jax
+
+    from baryir_jax.config import load as load_config
+
+    wd = str(tmp_path / "two")
     two = _env(jax_cache_dir, extra={"JAX_CPU_COLLECTIVES_IMPLEMENTATION": "gloo"})
-    for rc, _, err in run_job(_cmd(wd, embedded_data_dir, "--config.train.num_steps=2"), two):
+    outs = run_job(_cmd(wd, embedded_data_dir, "--config.train.num_steps=3"), two, timeout=900)
+    for rc, _, err in outs:
         assert rc == 0, err[-3000:]
-    assert _steps(wd) == [1, 2] and _export_step(wd) == 2  # process 0 exported alone
-    r = _run(_cmd(wd, embedded_data_dir, f"--config.train.num_steps={STEPS}"), _env(jax_cache_dir))
+    assert _steps(wd) == [1, 2, 3] and _export_step(wd) == 3  # process 0 exported alone
+
+    # 1. the same 3 steps as one process with 2 devices
+    one = _run(_cmd(str(tmp_path / "one"), embedded_data_dir, "--config.train.num_steps=3"), _env(jax_cache_dir, 2))
+    l1, l2 = step_scalars(one.stderr), step_scalars(outs[0][2])
+    assert sorted(l1) == sorted(l2) == [1, 2, 3]
+    for s in l1:
+        for k in ("restorer_loss", "l1", "transport_cost"):
+            assert abs(l1[s][k] - l2[s][k]) <= 1e-5 * abs(l1[s][k]), (s, k, l1[s][k], l2[s][k])
+        # the potential objective is a near-zero sum of potentials of either sign (see test_train_step)
+        k = "potential_objective"
+        assert abs(l1[s][k] - l2[s][k]) <= 1e-5 * max(abs(l1[s][k]), 1.0), (s, k, l1[s][k], l2[s][k])
+    (_, a), (_, b) = _read_step(str(tmp_path / "one"), 3), _read_step(wd, 3)
+    params = lambda st: jax.tree.leaves([st["state"]["restorer"], st["state"]["potentials"]])  # noqa: E731
+    d = np.concatenate([np.abs(np.asarray(x) - np.asarray(y)).ravel() for x, y in zip(params(a), params(b))])
+    lr = load_config(CONFIG).optim.lr
+    assert np.mean(d > 3 * lr) <= 1e-2 and d.max() <= 3 * 20 * lr  # see test_train_step for the bounds
+
+    # 2. its step-2 checkpoint resumed by 1 process (as if the job had been preempted after step 2)
+    resumed = _copy(wd, tmp_path / "resumed", keep_steps=[1, 2])
+    r = _run(_cmd(resumed, embedded_data_dir, f"--config.train.num_steps={STEPS}"), _env(jax_cache_dir))
     assert "at step 2" in r.stderr
     ours, ref = step_scalars(r.stderr), step_scalars(reference[1])
     assert sorted(ours) == [3, 4]
