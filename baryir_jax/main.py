@@ -63,6 +63,11 @@ flags.DEFINE_string("coordinator_address", None, "host:port of process 0 (multi-
 flags.DEFINE_integer("num_processes", None, "Number of processes of a multi-process job.", lower_bound=1)
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process job.", lower_bound=0)
 flags.mark_flags_as_required(["config", "workdir"])
+flags.register_multi_flags_validator(
+    ["num_processes", "process_id"],
+    lambda f: f["num_processes"] is None or f["process_id"] is None or f["process_id"] < f["num_processes"],
+    message="--process_id must be below --num_processes (processes are numbered 0 .. N-1)",
+)
 
 
 log = logging.getLogger("baryir_jax.main")
@@ -120,6 +125,12 @@ def _distributed_plan(env=os.environ) -> tuple[dict | None, str]:
         )
     if FLAGS.distributed == "yes" or env.get("TPU_WORKER_HOSTNAMES", "").count(","):  # or a multi-host TPU slice
         return kwargs, ""
+    if (FLAGS.num_processes or 1) > 1 or (FLAGS.process_id or 0) > 0:  # asked for a job nobody can coordinate
+        raise UsageError(
+            f"--num_processes={FLAGS.num_processes} --process_id={FLAGS.process_id} need the job's coordinator: give "
+            "--coordinator_address=HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS) to every process, or leave "
+            "them out to train as one process"
+        )
     return None, ""
 
 
@@ -233,10 +244,10 @@ def main(argv, overrides=()):
 
     config = load(FLAGS.config, overrides)  # the file, its variant, every override key and value
     validate(config)  # every field, before any process waits for others or anything compiles
+    kwargs, warning = _distributed_plan()  # a process flag that cannot work: exit 2 before the workdir is touched
     _check_workdir(FLAGS.workdir)
     import jax
 
-    kwargs, warning = _distributed_plan()
     if warning:
         log.warning("%s", warning)
     if kwargs is not None:

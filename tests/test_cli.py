@@ -427,14 +427,17 @@ def test_train_takes_hyphenated_flags_and_reports_bad_flags_as_usage_errors(tmp_
         "--distributed_timeout=99999999999999999999",
         "--num_processes=0",
         "--process_id=-1",
+        "--num_processes=2 --process_id=2",  # ids are 0 .. N-1
+        "--num_processes=2 --process_id=1",  # no coordinator (flag, environment, SLURM step or TPU slice)
+        "--process_id=1",
     ],
 )
 def test_train_refuses_out_of_range_process_flags_before_training(tmp_path, flag):
     """A timeout, process count or process index that cannot work is a usage error (exit 2, one line naming the
     flag) before anything is built, also when the job turns out to be single-process."""
-    r = _script("baryir-train", "--config=" + TINY, f"--workdir={tmp_path / 'w'}", flag)
+    r = _script("baryir-train", "--config=" + TINY, f"--workdir={tmp_path / 'w'}", *flag.split())
     lines = _prog_lines(r.stderr, "baryir-train")
-    name = flag.split("=")[0].lstrip("-").replace("-", "_")
+    name = flag.split()[-1].split("=")[0].lstrip("-").replace("-", "_")
     assert r.returncode == 2 and len(lines) == 1 and name in lines[0], r.stderr[-2000:]
     assert "Traceback" not in r.stderr and not (tmp_path / "w").exists()
 
