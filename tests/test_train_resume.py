@@ -179,16 +179,17 @@ def test_demo_variants_train_what_they_say(tmp_path, data_dir):
     demo = os.path.join(ROOT, "configs", "demo.py")
     official_3d = _load_config(os.path.join(ROOT, "configs", "three_task.py"))
     expected = {
-        "": (tuple(official_3d.data.tasks), 18, 450),
-        "all": (tuple(official_3d.data.tasks) + ("deblur", "lowlight"), 32, 704),
+        "": (tuple(official_3d.data.tasks), 18, 414, 500),
+        "all": (tuple(official_3d.data.tasks) + ("deblur", "lowlight"), 32, 704, 850),
     }
-    for variant, (tasks, per_epoch, decay_step) in expected.items():
+    for variant, (tasks, per_epoch, decay_step, steps) in expected.items():
         c = _load_config(demo + (":" + variant if variant else ""))
         assert tuple(c.data.tasks) == tuple(c.eval.tasks) == tasks, variant
         c.data.data_dir = data_dir
         exp = Experiment(c, str(tmp_path / (variant or "default")))
         assert exp.steps_per_epoch == per_epoch, variant
-        assert c.optim.decay_every_epochs * exp.steps_per_epoch == decay_step < c.train.num_steps, variant
+        assert c.optim.decay_every_epochs * exp.steps_per_epoch == decay_step < c.train.num_steps == steps, variant
+        assert c.train.image_every == steps, variant  # the TensorBoard images of the last step
     both = _load_config(demo + ":all,tiny")
     assert both.model.dim == 8 and "deblur" in both.data.tasks
     with pytest.raises(ValueError, match="unknown variant 'fast'.*tiny, all"):
