@@ -9,9 +9,10 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # XLA's cheap compile (backend optimisation level 0, no expensive LLVM passes) for every test and every
 # subprocess a test starts: the tiny train step then compiles in about half the time (81 s -> 41 s measured,
-# 2026-11-30) and runs a few steps as it must. The numbers a test compares come from programs compiled alike;
-# the one test about what XLA's defaults give turns this off (fixture ``xla_defaults``). Set
-# JAX_DISABLE_MOST_OPTIMIZATIONS=0 to run the suite with XLA's defaults.
+# 2026-11-30) and runs a few steps as it must. The numbers a test compares come from programs compiled alike, and
+# the parity tests' bounds hold under it (their comments' "measured" values were taken with XLA's defaults). The
+# tests about what XLA's defaults give, or that run thousands of steps, turn it off in their process (fixture
+# ``xla_defaults``). Set JAX_DISABLE_MOST_OPTIMIZATIONS=0 to run the whole suite with XLA's defaults.
 os.environ.setdefault("JAX_DISABLE_MOST_OPTIMIZATIONS", "1")
 
 # One persistent compilation cache for the whole run: this process, every pytest-xdist worker and every
@@ -45,22 +46,31 @@ def embedded_data_dir(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def jax_cache_dir():
+def jax_cache_dir(tmp_path_factory):
     """The run's persistent compilation cache (above), for the training tests that set up their subprocesses'
     environment themselves: identical programs (the tiny demo on one CPU device, or on two processes) compile once
-    per run, whichever test module and whichever pytest-xdist worker runs them first."""
-    return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    per run, whichever test module and whichever pytest-xdist worker runs them first. When the cache is yours
+    (JAX_COMPILATION_CACHE_DIR set before the run), these subprocesses get a temporary one per worker instead, so
+    that the suite's many small entries never land in it."""
+    if os.environ.get("BARYIR_TEST_CACHE_OWNER"):
+        return os.environ["JAX_COMPILATION_CACHE_DIR"]
+    return str(tmp_path_factory.mktemp("jax_cache"))
 
 
 @pytest.fixture
 def xla_defaults():
-    """XLA's default (fully optimising) compile inside one test, whatever the suite-wide setting above."""
+    """XLA's default (fully optimising) compile for one test in this process (not in the subprocesses it starts),
+    whatever the suite-wide setting above. The setting is not part of JAX's in-memory compilation cache key, so
+    that cache is cleared on the way in and out (no cheaply compiled program is reused inside, and none compiled
+    inside leaks out)."""
     import jax
 
     before = jax.config.read("jax_disable_most_optimizations")
+    jax.clear_caches()
     jax.config.update("jax_disable_most_optimizations", False)
     yield
     jax.config.update("jax_disable_most_optimizations", before)
+    jax.clear_caches()
 
 
 def pytest_unconfigure(config):

@@ -11,10 +11,8 @@ import time
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# The tiny demo on all seven embedded sources: every degradation id and five potentials, so these runs play the
-# whole game. (With the 3D tiny mixture, the 2-process run's step-3 transport cost differed from the 1-process
-# run's by 1.4e-5 relative, just above the 1e-5 bound: RMSprop's first steps move every parameter by ±10·lr, so
-# gradients that are zero up to rounding take their sign from the reduction order. See test_train_step.)
+# The tiny demo on all seven embedded sources: every degradation id and five potentials (the same program as
+# test_train_lifecycle.py's runs, compiled once per run through the shared cache).
 CONFIG = os.path.join(ROOT, "configs", "demo.py") + ":all,tiny"
 
 
@@ -32,7 +30,7 @@ def _env(cache_dir, devices=1, extra=None):
     env = dict(os.environ)
     env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
     env["JAX_PLATFORMS"] = "cpu"
-    # identical programs compile once across the processes of this module
+    # identical programs compile once per run (tests/conftest.py's jax_cache_dir)
     env["JAX_COMPILATION_CACHE_DIR"] = cache_dir
     env["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
     env["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "-1"
@@ -179,7 +177,7 @@ def test_demo_variants_train_what_they_say(tmp_path, data_dir):
     demo = os.path.join(ROOT, "configs", "demo.py")
     official_3d = _load_config(os.path.join(ROOT, "configs", "three_task.py"))
     expected = {
-        "": (tuple(official_3d.data.tasks), 18, 414, 500),
+        "": (tuple(official_3d.data.tasks), 18, 324, 400),
         "all": (tuple(official_3d.data.tasks) + ("deblur", "lowlight"), 32, 704, 850),
     }
     for variant, (tasks, per_epoch, decay_step, steps) in expected.items():
