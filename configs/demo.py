@@ -6,8 +6,8 @@ evaluated per task on held-out images.
 
 The default trains the official three-degradation (3D) setting: rain, haze and noise at σ 15/25/50. The `all`
 variant adds the embedded motion blur and low light (five potentials) and trains 850 steps (about 12 minutes on
-2 cores at 1.45 steps/s); it still does not learn to deblur (README, "The demo"). Everything else is the official training (losses, game, RMSprop,
-λ from counts); only sizes and length shrink.
+2 cores at 1.45 steps/s); it still does not learn to deblur (README, "The demo"). Everything else is the official
+training (losses, game, RMSprop, λ from counts); only sizes and length shrink.
 """
 
 from baryir_jax.config import base_config
@@ -46,9 +46,10 @@ def get_config(arg=None):
         c.data.tasks = THREE_D
         # 7 photographs give 14 rain, 14 haze and 7 clean (noise on the fly) entries: 147 with these.
         c.data.multipliers = "derain=4,dehaze=2,denoise_15=3,denoise_25=3,denoise_50=3"
-        # 500 steps (850 before 2026-11-30): the Quick start within 10 minutes on a 2-core VM at ~1.4 steps/s
-        c.train.num_steps = 500
-        c.optim.decay_every_epochs = 23  # the official x0.1 step decay, here at step 414 (18 steps an epoch)
+        # 400 steps (850 before 2026-11-30): the Quick start within 10 minutes on a 2-core VM at 1.3-1.5 steps/s,
+        # a fresh virtual environment included (500 steps took 10 min 20 s on the development VM at that rate)
+        c.train.num_steps = 400
+        c.optim.decay_every_epochs = 18  # the official x0.1 step decay, here at step 324 (18 steps an epoch)
     # TensorBoard images of every task at the last step (a run made longer or shorter by an override keeps them at
     # this step: override train.image_every too)
     c.train.image_every = c.train.num_steps
