@@ -98,7 +98,13 @@ def _distributed_plan(env=os.environ) -> tuple[dict | None, str]:
     batch script or an salloc shell of a several-task allocation is one process, not task 0 of N that waits for
     N − 1 others that will never come.
     """
+    asked = (FLAGS.num_processes or 1) > 1 or (FLAGS.process_id or 0) > 0  # a multi-process job asked for
     if FLAGS.distributed == "no":
+        if asked:
+            raise UsageError(
+                f"--distributed=no contradicts --num_processes={FLAGS.num_processes} --process_id={FLAGS.process_id}"
+                ": leave those out to train as one process, or drop --distributed=no"
+            )
         return None, ""
     coordinator = FLAGS.coordinator_address or env.get("JAX_COORDINATOR_ADDRESS")
     given = dict(coordinator_address=coordinator, num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
@@ -112,10 +118,22 @@ def _distributed_plan(env=os.environ) -> tuple[dict | None, str]:
     if in_step and step_tasks and step_tasks > 1:
         kwargs.setdefault("num_processes", step_tasks)
         kwargs.setdefault("process_id", _int_env(env, "SLURM_PROCID"))
+        if kwargs["process_id"] is not None and not 0 <= kwargs["process_id"] < kwargs["num_processes"]:
+            raise UsageError(
+                f"--process_id={kwargs['process_id']} is not one of this job step's {kwargs['num_processes']} "
+                "processes (0 .. N-1); leave it out: srun sets SLURM_PROCID for every task"
+            )
         if (_tasks_on_this_node(env) or 1) == 1:  # one task per node drives all of its devices
             kwargs["local_device_ids"] = None
             kwargs["cluster_detection_method"] = "slurm"
         return kwargs, ""
+    multi_host_tpu = env.get("TPU_WORKER_HOSTNAMES", "").count(",")
+    if asked and not (FLAGS.distributed == "yes" or multi_host_tpu):  # a job nobody can coordinate
+        raise UsageError(
+            f"--num_processes={FLAGS.num_processes} --process_id={FLAGS.process_id} need the job's coordinator: give "
+            "--coordinator_address=HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS) to every process, or leave "
+            "them out to train as one process"
+        )
     allocated = _int_env(env, "SLURM_NTASKS") or 1
     if "SLURM_JOB_ID" in env and allocated > 1 and FLAGS.distributed == "auto":
         return None, (
@@ -123,14 +141,8 @@ def _distributed_plan(env=os.environ) -> tuple[dict | None, str]:
             "(no SLURM_STEP_ID/SLURM_PROCID): training as one process. To train on every task, run it with srun "
             "(launch/slurm_multinode.sbatch does)"
         )
-    if FLAGS.distributed == "yes" or env.get("TPU_WORKER_HOSTNAMES", "").count(","):  # or a multi-host TPU slice
+    if FLAGS.distributed == "yes" or multi_host_tpu:
         return kwargs, ""
-    if (FLAGS.num_processes or 1) > 1 or (FLAGS.process_id or 0) > 0:  # asked for a job nobody can coordinate
-        raise UsageError(
-            f"--num_processes={FLAGS.num_processes} --process_id={FLAGS.process_id} need the job's coordinator: give "
-            "--coordinator_address=HOST:PORT of process 0 (or JAX_COORDINATOR_ADDRESS) to every process, or leave "
-            "them out to train as one process"
-        )
     return None, ""
 
 

@@ -595,5 +595,19 @@ def _check_distributed_plan(main):
     assert kwargs == dict(
         coordinator_address="n1:12345", num_processes=2, process_id=1, cluster_detection_method="deactivate"
     )
-    main.FLAGS.distributed = "no"
+    main.FLAGS.distributed, main.FLAGS.num_processes, main.FLAGS.process_id = "no", None, None  # in a step: one
     assert main._distributed_plan(step) == (None, "")
+    # process flags that ask for a job nobody coordinates: one line (exit 2), wherever the run is
+    from baryir_jax.errors import UsageError
+
+    main.FLAGS.coordinator_address = None
+    for distributed, n, pid, environment, says in (
+        ("no", 2, None, {}, "--distributed=no contradicts"),
+        ("no", None, 1, {}, "--distributed=no contradicts"),
+        ("auto", 2, None, dict(job, SLURM_PROCID="0"), "need the job's coordinator"),  # allocation, not a step
+        ("auto", None, 1, dict(job, SLURM_PROCID="0"), "need the job's coordinator"),
+        ("auto", None, 5, dict(step, SLURM_STEP_TASKS_PER_NODE="1(x2)"), "not one of this job step's 2"),
+    ):
+        main.FLAGS.distributed, main.FLAGS.num_processes, main.FLAGS.process_id = distributed, n, pid
+        with pytest.raises(UsageError, match=says):
+            main._distributed_plan(environment)
