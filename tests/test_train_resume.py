@@ -9,6 +9,9 @@ import sys
 import time
 
 import pytest
+from test_train_lifecycle import _read_step  # the newest checkpoint's state, on this process's device
+
+from baryir_jax.config import load as load_config  # the one config loader (FILE[:variant])
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # The tiny demo on all seven embedded sources: every degradation id and five potentials (the same program as
@@ -57,27 +60,6 @@ def _run(cmd, env, timeout=600):
     return r
 
 
-def _final_params(workdir):
-    """The newest checkpoint's train state, read onto this process's first device (whatever devices wrote it)."""
-    import jax
-    import orbax.checkpoint as ocp
-
-    ckpt = os.path.join(workdir, "checkpoints")
-    one = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    with ocp.CheckpointManager(ckpt, item_handlers={"state": ocp.StandardCheckpointHandler()}) as mngr:
-        step = mngr.latest_step()
-        meta = mngr.item_metadata(step)["state"]
-        target = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=one), meta)
-        state = mngr.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore(target)))["state"]
-    return step, state
-
-
-def _load_config(spec):
-    from baryir_jax.evaluate.checkpoint import load_config  # the project's config-file loader (path.py[:arg])
-
-    return load_config(spec)
-
-
 @pytest.mark.slow
 def test_sigterm_saves_and_the_run_resumes(tmp_path, data_dir, cache_dir):
     env = _env(cache_dir)
@@ -96,11 +78,11 @@ def test_sigterm_saves_and_the_run_resumes(tmp_path, data_dir, cache_dir):
     _, rest = p.communicate(timeout=300)
     assert p.returncode == 0, (seen + rest)[-3000:]
     assert "SIGTERM: saved step" in rest
-    step, _ = _final_params(run_dir)
+    step, _ = _read_step(run_dir)
     assert 2 <= step < 100000
     r = _run(cmd[:-2] + [f"--config.train.num_steps={step + 2}", "--config.train.checkpoint_every=1"], env)
     assert "resumed from" in r.stderr and f"at step {step}" in r.stderr
-    assert _final_params(run_dir)[0] == step + 2
+    assert _read_step(run_dir)[0] == step + 2
 
 
 def test_unknown_override_names_the_key(tmp_path):
@@ -175,20 +157,20 @@ def test_demo_variants_train_what_they_say(tmp_path, data_dir):
     from baryir_jax.train.experiment import Experiment
 
     demo = os.path.join(ROOT, "configs", "demo.py")
-    official_3d = _load_config(os.path.join(ROOT, "configs", "three_task.py"))
+    official_3d = load_config(os.path.join(ROOT, "configs", "three_task.py"))
     expected = {
         "": (tuple(official_3d.data.tasks), 18, 324, 400),
         "all": (tuple(official_3d.data.tasks) + ("deblur", "lowlight"), 32, 704, 850),
     }
     for variant, (tasks, per_epoch, decay_step, steps) in expected.items():
-        c = _load_config(demo + (":" + variant if variant else ""))
+        c = load_config(demo + (":" + variant if variant else ""))
         assert tuple(c.data.tasks) == tuple(c.eval.tasks) == tasks, variant
         c.data.data_dir = data_dir
         exp = Experiment(c, str(tmp_path / (variant or "default")))
         assert exp.steps_per_epoch == per_epoch, variant
         assert c.optim.decay_every_epochs * exp.steps_per_epoch == decay_step < c.train.num_steps == steps, variant
         assert c.train.image_every == steps, variant  # the TensorBoard images of the last step
-    both = _load_config(demo + ":all,tiny")
+    both = load_config(demo + ":all,tiny")
     assert both.model.dim == 8 and "deblur" in both.data.tasks
     with pytest.raises(ValueError, match="unknown variant 'fast'.*tiny, all"):
-        _load_config(demo + ":fast")
+        load_config(demo + ":fast")
